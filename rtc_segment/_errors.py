@@ -1,0 +1,317 @@
+"""The exception hierarchy, and the mapping from a service error to its class.
+
+Every error says what happened, which request it was (action, task key, request id,
+attempts) and what to do next (``hint``). Nothing here ever formats a credential.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ._models import TaskKey
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "ClientClosedError",
+    "CredentialsError",
+    "InvalidParameterError",
+    "RateLimiterUnavailable",
+    "ResponseFormatError",
+    "RtcSegmentError",
+    "ServerError",
+    "TaskNotFoundError",
+    "ThrottledError",
+    "TransportError",
+    "error_from_service",
+]
+
+
+class RtcSegmentError(Exception):
+    """Base class of every error raised by :mod:`rtc_segment`.
+
+    Attributes:
+        action: The API action of the failed request (``"GetSegmentTask"``), if any.
+        key: The task the request was about, if any.
+        request_id: ``ResponseMetadata.RequestId`` of the failing answer, if the service sent one.
+        http_status: The HTTP status of the failing answer, if there was one.
+        attempts: How many attempts were made before giving up.
+        retryable: Whether the client treats this failure as transient (and retries it).
+    """
+
+    retryable: ClassVar[bool] = False
+    #: What the caller should do next; appended to the message.
+    hint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        action: str | None = None,
+        key: TaskKey | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.action = action
+        self.key = key
+        self.request_id = request_id
+        self.http_status = http_status
+        self.attempts = attempts
+
+    def _context(self) -> str:
+        parts: list[str] = []
+        if self.action:
+            parts.append(self.action)
+        if self.key is not None:
+            parts.append(
+                f"app_id={self.key.app_id!r} room_id={self.key.room_id!r} "
+                f"task_id={self.key.task_id!r}"
+            )
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        if self.attempts > 1:
+            parts.append(f"after {self.attempts} attempts")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        text = self.message
+        context = self._context()
+        if context:
+            text = f"{text} [{context}]"
+        if self.hint:
+            text = f"{text}. {self.hint}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class CredentialsError(RtcSegmentError, ValueError):
+    """No usable credentials were given or found."""
+
+    hint = (
+        "Pass Credentials(...), set VOLC_ACCESSKEY and VOLC_SECRETKEY, "
+        "or write them to ~/.volc/credentials"
+    )
+
+
+class ClientClosedError(RtcSegmentError, RuntimeError):
+    """The client was used after :meth:`SegmentClient.aclose`."""
+
+    hint = "Create a new SegmentClient, or keep the client open for as long as you use it"
+
+
+class RateLimiterUnavailable(RtcSegmentError):
+    """The shared rate limiter could not be reached; nothing was sent."""
+
+    retryable = False
+    hint = (
+        "Check the Redis server, or construct the limiter with a local fallback "
+        "(fallback_fraction=...) to keep going at a reduced rate"
+    )
+
+
+class ApiError(RtcSegmentError):
+    """The service (or its gateway) answered with an error.
+
+    Attributes:
+        code: The service's error code, e.g. ``"SignatureDoesNotMatch"``.
+        code_n: The gateway's numeric code (``CodeN``), when present.
+        service_message: The service's own message text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        code_n: int | None = None,
+        service_message: str = "",
+        action: str | None = None,
+        key: TaskKey | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(
+            message,
+            action=action,
+            key=key,
+            request_id=request_id,
+            http_status=http_status,
+            attempts=attempts,
+        )
+        self.code = code
+        self.code_n = code_n
+        self.service_message = service_message
+
+
+class AuthenticationError(ApiError):
+    """Signature, access key, clock or permission problem. Never retried."""
+
+    hint = "Check the access key id and secret (and session token), and the account's permissions"
+
+
+class InvalidParameterError(ApiError):
+    """The service rejected a parameter. Never retried."""
+
+    hint = "Check the AppId, RoomId and TaskId values"
+
+
+class TaskNotFoundError(InvalidParameterError):
+    """No such task, or it started more than 72 hours ago. Never retried."""
+
+    hint = (
+        "Check the ids; only tasks started within the last 72 hours can be queried, and for "
+        "auto-segment tasks the TaskId is the user's UserId"
+    )
+
+
+class ThrottledError(ApiError):
+    """The request was over the QPS quota (HTTP 429 / ``FlowLimitExceeded*``). Retried.
+
+    Attributes:
+        retry_after: Seconds the service asked to wait, if it said.
+    """
+
+    retryable = True
+    hint = (
+        "Another client may share this account's quota: share one RedisRateLimiter "
+        "between processes, or lower qps"
+    )
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ServerError(ApiError):
+    """The service failed or did not answer in time (5xx, ``InternalError*``, timeout). Retried."""
+
+    retryable = True
+    hint = "This is usually transient; retry later, or raise max_retries or timeout"
+
+
+class TransportError(RtcSegmentError):
+    """The request could not be delivered (DNS, connect, TLS, dropped connection). Retried."""
+
+    retryable = True
+    hint = "Check the endpoint and the network; the request may or may not have reached the service"
+
+
+class ResponseFormatError(RtcSegmentError):
+    """The answer could not be understood (not JSON, wrong shape, truncated, too large).
+
+    Attributes:
+        excerpt: The first bytes of the body, for diagnosis.
+    """
+
+    hint = "The endpoint may not be the Volcengine OpenAPI gateway, or a proxy altered the answer"
+
+    def __init__(self, message: str, *, excerpt: str = "", **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.excerpt = excerpt
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.excerpt:
+            text = f"{text} Body starts: {self.excerpt!r}"
+        return text
+
+
+_AUTH_CODES = frozenset(
+    {
+        "MissingAuthenticationToken",
+        "MissingRequestInfo",
+        "MissingSignature",
+        "InvalidTimestamp",
+        "InvalidAccessKey",
+        "InvalidClientTokenId",
+        "InvalidAuthorization",
+        "SignatureDoesNotMatch",
+        "LackPolicy",
+        "InvalidCredential",
+        "InvalidSecurityToken",
+    }
+)
+_SERVER_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalServiceTimeout",
+        "ServiceUnavailableTemp",
+        "FailToConnect",
+        "InternalServiceError",
+        "UndefinedError",
+    }
+)
+_RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+
+_CLOCK_HINT = (
+    "The request's X-Date was rejected: check that this machine's clock is correct "
+    "(it must be within 15 minutes of real UTC time)"
+)
+
+
+def error_class_for(http_status: int | None, code: str) -> type[ApiError]:
+    """Choose the error class for an HTTP status and a service error code."""
+    if http_status == 429 or code.startswith(("FlowLimitExceeded", "AccountFlowLimitExceeded")):
+        if code != "FlowLimitExceeded.TaskNumberOverLimit":
+            return ThrottledError
+    if code == "InvalidParameter.ErrorActiveTaskNotFound":
+        return TaskNotFoundError
+    if code in _AUTH_CODES or code.startswith("AccessDenied"):
+        return AuthenticationError
+    if code.startswith("InvalidParameter") or code in {"MissingParameter", "InvalidActionOrVersion"}:
+        return InvalidParameterError
+    if code.startswith("InternalError") or code in _SERVER_CODES:
+        return ServerError
+    if http_status is not None and (http_status >= 500):
+        return ServerError
+    if http_status in {401, 403}:
+        return AuthenticationError
+    return InvalidParameterError if http_status is not None and 400 <= http_status < 500 else ApiError
+
+
+def error_from_service(
+    *,
+    http_status: int | None,
+    code: str,
+    code_n: int | None,
+    service_message: str,
+    action: str | None,
+    key: TaskKey | None,
+    request_id: str | None,
+    retry_after: float | None = None,
+) -> ApiError:
+    """Build the typed error for an error answer of the service."""
+    cls = error_class_for(http_status, code)
+    message = f"{code or 'Error'}"
+    if code_n is not None:
+        message = f"{message} ({code_n})"
+    if service_message:
+        message = f"{message}: {service_message}"
+    if code == "InvalidTimestamp":
+        message = f"{message}. {_CLOCK_HINT}"
+    kwargs: dict[str, object] = {
+        "code": code,
+        "code_n": code_n,
+        "service_message": service_message,
+        "action": action,
+        "key": key,
+        "request_id": request_id,
+        "http_status": http_status,
+    }
+    if cls is ThrottledError:
+        return ThrottledError(message, retry_after=retry_after, **kwargs)
+    return cls(message, **kwargs)  # type: ignore[arg-type]
+
+
+def is_retryable_status(http_status: int) -> bool:
+    """Whether an HTTP status alone marks a transient failure."""
+    return http_status in _RETRYABLE_STATUSES or http_status == 429

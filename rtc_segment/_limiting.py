@@ -1,0 +1,92 @@
+"""Client-side pacing: the :class:`RateLimiter` protocol and :class:`LocalRateLimiter`.
+
+The service allows ``qps`` requests per second for an action and judges that where
+requests *arrive*. A limiter here must therefore guarantee that no sliding one-second
+window holds more than ``qps`` sends -- not merely an average of ``qps`` -- and keep a
+little slack for the jitter between send and arrival.
+
+:class:`LocalRateLimiter` paces one process with :class:`aiolimiter.AsyncLimiter`
+configured as a bucket of capacity one that refills at ``utilization * qps`` per
+second. That spaces sends at least ``1 / (utilization * qps)`` apart, so any window
+of length ``w`` holds at most ``floor(w * utilization * qps) + 1`` sends:
+
+* ``w = 1 s``: at most ``qps`` sends (for ``utilization < 1``), from idle as under load;
+* the bound still holds at the server when arrivals are squeezed together by up to
+  ``(1 / utilization - 1)`` seconds -- about 10 ms at the default ``utilization`` of 0.99;
+* sustained throughput is ``utilization * qps`` -- 99 % of the ceiling.
+
+(A plain ``AsyncLimiter(60, 1)`` would admit a burst of 60 and then 60 more within the
+same second: 119 in the first sliding second from idle.)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from aiolimiter import AsyncLimiter
+
+__all__ = ["LocalRateLimiter", "RateLimiter"]
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What :class:`~rtc_segment.SegmentClient` needs from a limiter.
+
+    ``acquire`` is awaited once before every attempt (retries included). It returns
+    when one request may be sent now. If it is cancelled while waiting it must not
+    have consumed any capacity that a later caller could have used -- or, for shared
+    limiters where that cannot be undone, at most the one slot it had reserved.
+    """
+
+    @property
+    def qps(self) -> float:
+        """The ceiling, in requests per second, that this limiter enforces."""
+        ...
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent."""
+        ...
+
+
+class LocalRateLimiter:
+    """Paces the requests of one process so that no sliding second exceeds ``qps``.
+
+    Args:
+        qps: The ceiling in requests per second (the service allows 60 for GetSegmentTask).
+        utilization: Fraction of ``qps`` to actually send at, in (0, 1). The rest is the
+            margin that absorbs jitter between sending and arrival (see the module docs).
+
+    Share one instance between every client of the same account in the process; give
+    processes that share an account a :class:`~rtc_segment.RedisRateLimiter` instead.
+    """
+
+    def __init__(self, qps: float = 60.0, *, utilization: float = 0.99) -> None:
+        if isinstance(qps, bool) or not isinstance(qps, (int, float)):
+            raise TypeError(f"qps must be a number, not {type(qps).__name__}")
+        if not qps > 0 or qps != qps or qps == float("inf"):
+            raise ValueError(f"qps must be a positive finite number, got {qps!r}")
+        if isinstance(utilization, bool) or not isinstance(utilization, (int, float)):
+            raise TypeError(f"utilization must be a number, not {type(utilization).__name__}")
+        if not 0 < utilization < 1:
+            raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
+        self._qps = float(qps)
+        self._utilization = float(utilization)
+        # Capacity 1: sends are spaced, never bursted.
+        self._limiter = AsyncLimiter(1, 1.0 / (self._qps * self._utilization))
+
+    @property
+    def qps(self) -> float:
+        """The ceiling this limiter enforces, in requests per second."""
+        return self._qps
+
+    @property
+    def rate(self) -> float:
+        """The sustained send rate: ``utilization * qps`` requests per second."""
+        return self._qps * self._utilization
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent without exceeding the ceiling."""
+        await self._limiter.acquire()
+
+    def __repr__(self) -> str:
+        return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"
