@@ -250,6 +250,7 @@ _SERVER_CODES = frozenset(
         "UndefinedError",
     }
 )
+_PARAMETER_CODES = frozenset({"MissingParameter", "InvalidActionOrVersion", "MethodNotAllowed"})
 _RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 
 _CLOCK_HINT = (
@@ -260,14 +261,20 @@ _CLOCK_HINT = (
 
 def error_class_for(http_status: int | None, code: str) -> type[ApiError]:
     """Choose the error class for an HTTP status and a service error code."""
-    if http_status == 429 or code.startswith(("FlowLimitExceeded", "AccountFlowLimitExceeded")):
-        if code != "FlowLimitExceeded.TaskNumberOverLimit":
-            return ThrottledError
+    throttled = http_status == 429 or code.startswith(
+        ("FlowLimitExceeded", "AccountFlowLimitExceeded")
+    )
+    # TaskNumberOverLimit is a quota on tasks, not on requests: waiting does not cure it.
+    if throttled and code != "FlowLimitExceeded.TaskNumberOverLimit":
+        return ThrottledError
     if code == "InvalidParameter.ErrorActiveTaskNotFound":
         return TaskNotFoundError
     if code in _AUTH_CODES or code.startswith("AccessDenied"):
         return AuthenticationError
-    if code.startswith("InvalidParameter") or code in {"MissingParameter", "InvalidActionOrVersion"}:
+    if code.startswith("InvalidParameter") or code in {
+        "MissingParameter",
+        "InvalidActionOrVersion",
+    }:
         return InvalidParameterError
     if code.startswith("InternalError") or code in _SERVER_CODES:
         return ServerError
@@ -275,7 +282,9 @@ def error_class_for(http_status: int | None, code: str) -> type[ApiError]:
         return ServerError
     if http_status in {401, 403}:
         return AuthenticationError
-    return InvalidParameterError if http_status is not None and 400 <= http_status < 500 else ApiError
+    return (
+        InvalidParameterError if http_status is not None and 400 <= http_status < 500 else ApiError
+    )
 
 
 def error_from_service(

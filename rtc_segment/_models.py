@@ -31,8 +31,8 @@ __all__ = [
     "TaskOutcome",
     "TaskStatus",
     "TosConfig",
-    "Vendor",
     "VeImageXConfig",
+    "Vendor",
     "VodConfig",
 ]
 
