@@ -1,0 +1,384 @@
+"""RedisRateLimiter against a real redis-server.
+
+These run in real time (Redis's clock cannot be virtualised), so each uses a high ``qps``
+to fit a few hundred acquisitions into about a second. Without redis-server installed
+they skip -- except in CI (``CI=true``), where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import port_for
+import pytest
+from pytest_redis.executor import RedisExecutor
+from redis.asyncio import Redis
+
+from rtc_segment._credentials import Credentials
+from rtc_segment._errors import RateLimiterUnavailable
+from rtc_segment._limiting import RateLimiter
+from rtc_segment._redis import RedisRateLimiter
+
+REDIS_SERVER = shutil.which("redis-server")
+MISSING_SERVER = (
+    "redis-server is not installed (e.g. `apt-get install redis-server`); "
+    "the RedisRateLimiter tests need a real server"
+)
+
+
+def require_redis_server() -> str:
+    """The redis-server path; skip without one, but fail in CI where it must exist."""
+    if REDIS_SERVER is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{MISSING_SERVER}, and CI=true: in CI this is a failure", pytrace=False)
+        pytest.skip(MISSING_SERVER)
+    return REDIS_SERVER
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> RedisExecutor:
+    """The session's redis-server (pytest-redis's ``redis_proc``, on a free port)."""
+    require_redis_server()
+    server: RedisExecutor = request.getfixturevalue("redis_proc")
+    return server
+
+
+@pytest.fixture
+async def redis(redis_server: RedisExecutor) -> AsyncIterator[Redis]:
+    """A client of the session's server, with an empty database."""
+    client = Redis(host=redis_server.host, port=redis_server.port)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+PRIVATE_PASSWORD = "hunter2-not-for-logs"
+
+
+@pytest.fixture
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
+    """A redis-server of this test alone, which the test may stop, pause or restart."""
+    executable = require_redis_server()
+    datadir = tmp_path_factory.mktemp("redis")
+    server = RedisExecutor(
+        executable=executable,
+        databases=1,
+        redis_timeout=15,
+        loglevel="warning",
+        host="127.0.0.1",
+        port=port_for.select_random(),
+        password=PRIVATE_PASSWORD,
+        datadir=Path(datadir),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            # A paused server cannot stop; let it run again first.
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def private_client(server: RedisExecutor, **kwargs: Any) -> Redis:
+    return Redis(host=server.host, port=server.port, password=PRIVATE_PASSWORD, **kwargs)
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The most events in any half-open interval [t, t + window) of the sorted ``times``."""
+    times = sorted(times)
+    return max(
+        (bisect.bisect_left(times, start + window) - i for i, start in enumerate(times)),
+        default=0,
+    )
+
+
+async def acquire_all(limiter: RedisRateLimiter, count: int) -> list[float]:
+    """Start ``count`` concurrent acquirers; return each one's release time (monotonic)."""
+    released: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        released.append(time.monotonic())
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return released
+
+
+def rate(times: list[float]) -> float:
+    times = sorted(times)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+# --- construction and the key ------------------------------------------------------
+
+
+async def test_is_a_rate_limiter_with_the_given_ceiling(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, key="k", qps=60.0)
+    assert isinstance(limiter, RateLimiter)
+    assert limiter.qps == 60.0
+    assert limiter.rate == pytest.approx(59.4)
+    assert limiter.key == "k"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"qps": 0}, ValueError),
+        ({"qps": float("inf")}, ValueError),
+        ({"qps": "60"}, TypeError),
+        ({"utilization": 1.0}, ValueError),
+        ({"max_pending": 0}, ValueError),
+        ({"redis_timeout": -1}, ValueError),
+        ({"fallback_fraction": 1.5}, ValueError),
+        ({"fallback_fraction": 0}, ValueError),
+        ({"key": ""}, ValueError),
+    ],
+)
+async def test_rejects_invalid_settings(
+    redis: Redis, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    settings: dict[str, Any] = {"key": "k", **kwargs}
+    with pytest.raises(error):
+        RedisRateLimiter(redis, **settings)
+
+
+def test_key_identifies_the_account_and_action_without_revealing_credentials() -> None:
+    credentials = Credentials("AKLTexampleaccesskeyid", "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "tok")
+    key = RedisRateLimiter.key_for(credentials)
+    assert key == f"rtc_segment:{{ratelimit}}:{credentials.account_fingerprint}:GetSegmentTask"
+    for secret_part in ("AKLTexampleaccesskeyid", "c2VjcmV0", "tok"):
+        assert secret_part not in key
+    # Same account, other secret (a rotated key): same budget; other account: another.
+    assert RedisRateLimiter.key_for(Credentials("AKLTexampleaccesskeyid", "other")) == key
+    assert RedisRateLimiter.key_for(Credentials("AKLTanotheraccount", "s")) != key
+    assert RedisRateLimiter.key_for(credentials, "StartSegment").endswith(":StartSegment")
+
+
+def test_key_is_derived_from_the_access_key_id_for_any_credentials_object() -> None:
+    class KeyIdOnly:
+        access_key_id = "AKLTexampleaccesskeyid"
+
+    real = Credentials("AKLTexampleaccesskeyid", "secret")
+    assert RedisRateLimiter.key_for(KeyIdOnly()) == RedisRateLimiter.key_for(real)
+
+
+async def test_redis_holds_nothing_but_a_timestamp(redis: Redis) -> None:
+    credentials = Credentials("AKLTexampleaccesskeyid", "the-secret-key", "the-token")
+    limiter = RedisRateLimiter(redis, key=RedisRateLimiter.key_for(credentials), qps=500)
+    await acquire_all(limiter, 5)
+    keys = await redis.keys("*")
+    assert keys == [limiter.key.encode()]
+    value = await redis.get(limiter.key)
+    assert value is not None and value.isdigit()
+    assert 0 < await redis.pttl(limiter.key) <= 1100  # idle keys expire
+
+
+# --- the ceiling, utilisation, sharing, fairness -----------------------------------
+
+
+async def test_no_sliding_second_exceeds_the_ceiling_and_95_percent_is_used(
+    redis: Redis,
+) -> None:
+    qps = 200.0
+    limiter = RedisRateLimiter(redis, key="ceiling", qps=qps)
+    released = await acquire_all(limiter, 360)
+    assert max_in_window(released) <= qps
+    assert rate(released) >= 0.95 * qps
+    assert limiter.stats.reservations == 360
+    assert limiter.stats.failures == 0
+
+
+async def test_limiters_on_one_key_share_one_ceiling_fairly(redis_server: RedisExecutor) -> None:
+    qps = 300.0
+    clients = [Redis(host=redis_server.host, port=redis_server.port) for _ in range(2)]
+    try:
+        first, second = (RedisRateLimiter(c, key="shared", qps=qps) for c in clients)
+        first_times, second_times = await asyncio.gather(
+            acquire_all(first, 300), acquire_all(second, 300)
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    everything = first_times + second_times
+    assert max_in_window(everything) <= qps
+    assert rate(everything) >= 0.95 * qps
+    # Fair: while both had work, each got about half of the slots.
+    both_busy_until = min(max(first_times), max(second_times))
+    first_share = sum(t <= both_busy_until for t in first_times)
+    second_share = sum(t <= both_busy_until for t in second_times)
+    assert 0.45 <= first_share / (first_share + second_share) <= 0.55
+
+
+async def test_limiters_on_other_keys_do_not_share(redis: Redis) -> None:
+    qps = 200.0
+    first = RedisRateLimiter(redis, key="account-a", qps=qps)
+    second = RedisRateLimiter(redis, key="account-b", qps=qps)
+    first_times, second_times = await asyncio.gather(
+        acquire_all(first, 150), acquire_all(second, 150)
+    )
+    assert rate(first_times) >= 0.95 * qps
+    assert rate(second_times) >= 0.95 * qps
+
+
+async def test_more_waiters_than_the_connection_pool_all_succeed(
+    redis_server: RedisExecutor,
+) -> None:
+    qps = 500.0
+    client = Redis(host=redis_server.host, port=redis_server.port, max_connections=10)
+    try:
+        # max_pending above the pool size is capped to it; 500 waiters queue locally.
+        limiter = RedisRateLimiter(client, key="crowd", qps=qps, max_pending=64)
+        released = await acquire_all(limiter, 500)
+    finally:
+        await client.aclose()
+    assert len(released) == 500
+    assert limiter.stats.failures == 0
+    assert max_in_window(released) <= qps
+    assert "max_pending=10" in repr(limiter)
+
+
+async def test_cancelled_waiters_lose_at_most_their_own_slots(redis: Redis) -> None:
+    qps = 100.0
+    limiter = RedisRateLimiter(redis, key="cancel", qps=qps, max_pending=8)
+    released: list[float] = []
+    first_release = asyncio.Event()
+
+    async def one() -> None:
+        await limiter.acquire()
+        released.append(time.monotonic())
+        first_release.set()
+
+    tasks = [asyncio.create_task(one()) for _ in range(40)]
+    await first_release.wait()
+    waiting = [task for task in tasks if not task.done()]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled_at = time.monotonic()
+    assert waiting and all(task.cancelled() for task in waiting)
+
+    # The shared schedule is intact: the next slot is no further away than the slots
+    # that were held when the waiters were cancelled (at most max_pending of them).
+    redis_now_s, redis_now_us = await redis.time()
+    next_slot_us = int(await redis.get("cancel") or 0)
+    backlog = (next_slot_us - (redis_now_s * 1_000_000 + redis_now_us)) / 1_000_000
+    assert backlog <= 8 / limiter.rate + 0.05
+
+    # Nothing leaked locally: the limiter keeps its full pace for new callers.
+    later = await acquire_all(limiter, 60)
+    assert len(later) == 60
+    assert min(later) - cancelled_at <= backlog + 0.1
+    assert rate(later) >= 0.95 * qps
+    assert max_in_window(released + later) <= qps
+
+
+# --- scripts and failures --------------------------------------------------------------
+
+
+async def test_script_is_reloaded_after_script_flush(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, key="flush", qps=500)
+    await limiter.acquire()
+    await redis.script_flush()
+    await limiter.acquire()
+    assert limiter.stats.reservations == 2
+    assert limiter.stats.failures == 0
+
+
+async def test_survives_a_redis_restart(private_server: RedisExecutor) -> None:
+    client = private_client(private_server)
+    try:
+        limiter = RedisRateLimiter(client, key="restart", qps=500)
+        await limiter.acquire()
+        private_server.stop()
+        private_server.start()  # same port, empty: no script, no key
+        await limiter.acquire()
+    finally:
+        await client.aclose()
+    assert limiter.stats.reservations == 2
+
+
+async def test_redis_stopped_mid_run_raises_and_sends_nothing(
+    private_server: RedisExecutor,
+) -> None:
+    client = private_client(private_server, socket_connect_timeout=0.5)
+    limiter = RedisRateLimiter(client, key="down", qps=500, retry_interval=60)
+    released: list[float] = []
+    try:
+        for _ in range(20):
+            await limiter.acquire()
+            released.append(time.monotonic())
+        private_server.stop()
+        with pytest.raises(RateLimiterUnavailable) as raised:
+            await limiter.acquire()
+        failures = limiter.stats.failures
+        # Within retry_interval further callers fail at once, without asking Redis.
+        with pytest.raises(RateLimiterUnavailable):
+            await limiter.acquire()
+    finally:
+        await client.aclose()
+    assert len(released) == 20
+    assert failures == 1
+    assert limiter.stats.failures == 1
+    message = str(raised.value)
+    assert "not sent" in message
+    assert "fallback_fraction" in message  # the hint says how to keep going
+    assert PRIVATE_PASSWORD not in message
+    assert PRIVATE_PASSWORD not in repr(raised.value)
+
+
+async def test_a_hung_redis_times_out(private_server: RedisExecutor) -> None:
+    assert private_server.process is not None
+    client = private_client(private_server)
+    limiter = RedisRateLimiter(client, key="hung", qps=500, redis_timeout=0.3)
+    try:
+        await limiter.acquire()
+        os.kill(private_server.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(RateLimiterUnavailable, match="timed out"):
+            await limiter.acquire()
+        waited = time.monotonic() - started
+    finally:
+        os.kill(private_server.process.pid, signal.SIGCONT)
+        await client.aclose()
+    assert 0.3 <= waited < 1.0
+
+
+async def test_fallback_paces_locally_warns_once_and_returns_to_redis(
+    private_server: RedisExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    qps, fraction = 200.0, 0.5
+    client = private_client(private_server, socket_connect_timeout=0.5)
+    limiter = RedisRateLimiter(
+        client, key="fallback", qps=qps, retry_interval=0.2, fallback_fraction=fraction
+    )
+    caplog.set_level(logging.INFO, logger="rtc_segment.redis")
+    try:
+        await acquire_all(limiter, 10)
+        private_server.stop()
+        local = await acquire_all(limiter, 60)
+        assert limiter.stats.fallback_acquisitions == 60
+        private_server.start()
+        # Local pacing goes on until the next retry finds Redis again.
+        after = await acquire_all(limiter, 60)
+    finally:
+        await client.aclose()
+    # Paced at fraction * qps, never faster.
+    assert max_in_window(local, 0.25) <= fraction * qps * 0.25 + 1
+    assert rate(local) <= fraction * qps
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "pacing this process locally" in warnings[0].getMessage()
+    assert PRIVATE_PASSWORD not in caplog.text
+    assert limiter.stats.reservations > 10  # back on Redis
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    assert len(after) == 60
