@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import httpx
 
-from . import __version__
+from ._version import __version__
 from ._converter import ShapeError, structure_metadata, structure_task
 from ._credentials import Credentials
 from ._errors import (

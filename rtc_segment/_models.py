@@ -52,10 +52,10 @@ def _unrecognised(cls: type[_E], value: Any, base: type) -> _E | None:
         type.__setattr__(cls, "_unrecognised_cache_", cache)
     member = cache.get(value)
     if member is None:
-        member = base.__new__(cls, value)  # type: ignore[call-overload]
-        member._name_ = f"UNRECOGNISED_{value}"
-        member._value_ = value
-        cache[value] = member
+        made: Any = base.__new__(cls, value)  # type: ignore[call-overload]
+        made._name_ = f"UNRECOGNISED_{value}"
+        made._value_ = value
+        member = cache[value] = made
     return member
 
 
