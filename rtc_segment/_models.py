@@ -52,7 +52,7 @@ def _unrecognised(cls: type[_E], value: Any, base: type) -> _E | None:
         type.__setattr__(cls, "_unrecognised_cache_", cache)
     member = cache.get(value)
     if member is None:
-        made: Any = base.__new__(cls, value)  # type: ignore[call-overload]
+        made: Any = base.__new__(cls, value)  # type: ignore[arg-type]
         made._name_ = f"UNRECOGNISED_{value}"
         made._value_ = value
         member = cache[value] = made
