@@ -10,7 +10,7 @@ the caller can still see the value.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, TypeVar
 
 import attrs
@@ -140,10 +140,16 @@ class StopReason(str, enum.Enum):
         return self._name_ in type(self).__members__
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MAX_MS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+
+
 def _ms_to_datetime(ms: int) -> datetime | None:
-    if ms <= 0:
+    # Past year 9999 there is no datetime to give (the raw value stays in the field);
+    # epoch + timedelta is exact to the millisecond, unlike a float timestamp.
+    if ms <= 0 or ms > _MAX_MS:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 @attrs.frozen
