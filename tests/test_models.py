@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import attrs
 import pytest
@@ -26,7 +27,7 @@ OPEN_INT_ENUMS = [TaskStatus, StreamType, StorageType, Vendor]
 
 class TestOpenEnums:
     @pytest.mark.parametrize("cls", OPEN_INT_ENUMS)
-    def test_unknown_int_becomes_unrecognised_member(self, cls: type) -> None:
+    def test_unknown_int_becomes_unrecognised_member(self, cls: Any) -> None:
         member = cls(917)
         assert isinstance(member, cls)
         assert member.value == 917
@@ -35,11 +36,11 @@ class TestOpenEnums:
         assert not member.is_recognised
 
     @pytest.mark.parametrize("cls", OPEN_INT_ENUMS)
-    def test_known_members_are_recognised(self, cls: type) -> None:
+    def test_known_members_are_recognised(self, cls: Any) -> None:
         assert all(member.is_recognised for member in cls)
 
     @pytest.mark.parametrize("cls", OPEN_INT_ENUMS)
-    def test_repeated_lookup_returns_the_same_object(self, cls: type) -> None:
+    def test_repeated_lookup_returns_the_same_object(self, cls: Any) -> None:
         assert cls(4242) is cls(4242)
         assert cls(4242) is not cls(4243)
 
@@ -59,7 +60,7 @@ class TestOpenEnums:
         assert StopReason.STOP_BY_API.is_recognised
 
     @pytest.mark.parametrize("value", ["2", 2.5, None])
-    def test_int_enum_rejects_non_ints(self, value: object) -> None:
+    def test_int_enum_rejects_non_ints(self, value: Any) -> None:
         with pytest.raises(ValueError, match="TaskStatus"):
             TaskStatus(value)
 
@@ -99,6 +100,18 @@ class TestTimes:
         assert started is not None
         assert started.utcoffset() == timedelta(0)
         assert task.ended_at == datetime(2023, 2, 27, 6, 3, 12, tzinfo=timezone.utc)
+
+    def test_times_beyond_datetime_range_are_none_not_errors(self) -> None:
+        task = SegmentTask(start_time=253402300799999, end_time=2**62)
+        assert task.started_at == datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)
+        assert task.ended_at is None
+        assert task.end_time == 2**62
+
+    def test_millisecond_precision_is_exact(self) -> None:
+        for ms in (1, 999, 1677477732001, 1677477732999, 4102444800123):
+            started = SegmentTask(start_time=ms).started_at
+            assert started is not None
+            assert started.microsecond == ms % 1000 * 1000
 
     def test_running_task_has_no_end(self) -> None:
         task = SegmentTask(start_time=1677477732000, end_time=0, status=TaskStatus.RUNNING)
