@@ -227,6 +227,7 @@ class RedisRateLimiter:
         # Monotonic time before which Redis is not tried again; 0.0: no outage.
         self._retry_at = 0.0
         self._outage_warned = False
+        self._probing = False
         self._last_failure = ""
         self._reservations = 0
         self._redis_seconds = 0.0
@@ -280,10 +281,14 @@ class RedisRateLimiter:
                 Nothing may be sent.
         """
         while True:
-            if not self._in_outage():
+            if self._redis_usable():
                 async with self._pending:
-                    # Re-check: a failure may have been seen while this caller was queued.
-                    if not self._in_outage():
+                    # Re-checked: the state may have changed while this caller was queued.
+                    probe = self._retry_at != 0.0
+                    if not probe or self._redis_usable():
+                        # During an outage one caller at a time probes Redis; the others
+                        # fail fast or pace locally instead of each waiting out a timeout.
+                        self._probing = probe
                         try:
                             wait = await self._reserve()
                         except _REDIS_FAILURES as exc:
@@ -296,17 +301,26 @@ class RedisRateLimiter:
                                 # lost per cancelled caller.
                                 await asyncio.sleep(wait)
                             return
+                        finally:
+                            if probe:
+                                self._probing = False
             if self._fallback is None:
                 raise RateLimiterUnavailable(
                     f"the shared rate limiter could not reach Redis ({self._last_failure}); "
                     "the request was not sent"
                 )
             await self._fallback.acquire()
-            if self._in_outage():
+            if not self._redis_usable():
                 self._fallback_acquisitions += 1
                 return
-            # Redis is due to be tried again: go back to it rather than send beside the
-            # callers it may already be pacing.
+            # Redis is back, or due to be probed: use it rather than send beside callers
+            # that it may already be pacing again.
+
+    def _redis_usable(self) -> bool:
+        """Healthy, or in an outage whose retry time has come and nobody is probing."""
+        if self._retry_at == 0.0:
+            return True
+        return not self._probing and time.monotonic() >= self._retry_at
 
     async def _reserve(self) -> float:
         """Reserve the next slot: one atomic round trip. Returns the wait in seconds."""
@@ -317,9 +331,6 @@ class RedisRateLimiter:
         self._redis_seconds += time.perf_counter() - started
         self._reservations += 1
         return int(wait_us) / 1_000_000
-
-    def _in_outage(self) -> bool:
-        return self._retry_at != 0.0 and time.monotonic() < self._retry_at
 
     def _enter_outage(self, exc: BaseException) -> None:
         self._failures += 1
