@@ -78,16 +78,16 @@ def _quote_path(path: str) -> str:
     return urllib.parse.quote(path).replace("%2F", "/").replace("+", "%20")
 
 
-def _query_pairs(query: Query) -> Iterable[tuple[str, str]]:
-    if isinstance(query, Mapping):
-        for key, value in query.items():
-            if isinstance(value, str):
-                yield key, value
-            else:
-                for item in value:
-                    yield key, item
-    else:
-        yield from query
+def _query_pairs(query: Query) -> list[tuple[str, str]]:
+    if not isinstance(query, Mapping):
+        return list(query)
+    pairs: list[tuple[str, str]] = []
+    for key, value in query.items():
+        if isinstance(value, str):
+            pairs.append((key, value))
+        else:
+            pairs.extend([(key, item) for item in value])
+    return pairs
 
 
 def canonical_query(query: Query) -> str:
@@ -97,7 +97,8 @@ def canonical_query(query: Query) -> str:
     repeated key keep the caller's order. Keys and values go through :func:`quote`; pairs are
     ``key=value`` (``key=`` for an empty value) joined by ``&``.
     """
-    pairs = sorted(_query_pairs(query), key=_first)
+    pairs = _query_pairs(query)
+    pairs.sort(key=_first)
     return "&".join([f"{quote(key)}={quote(value)}" for key, value in pairs])
 
 
@@ -107,9 +108,12 @@ def format_x_date(now: datetime) -> str:
     Raises:
         ValueError: ``now`` is naive (its instant would be a guess).
     """
-    if now.utcoffset() is None:
+    if now.tzinfo is timezone.utc:
+        utc = now  # the common case (datetime.now(timezone.utc)): skip the conversion
+    elif now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
-    utc = now.astimezone(timezone.utc)
+    else:
+        utc = now.astimezone(timezone.utc)
     if utc.year < 1000:
         # strftime does not zero-pad such years; neither does the SDK, so do as it does.
         return utc.strftime(X_DATE_FORMAT)
