@@ -1,0 +1,43 @@
+"""The emulator's default clocks.
+
+The monotonic clock follows the running event loop's ``loop.time()`` -- so that looptime's
+virtual time drives lifecycles, the QPS window and latency in tests -- and falls back to
+:func:`time.monotonic` outside a loop. When the emulator is used from another loop (a new
+test, or ``asyncio.run`` after seeding), the clock continues from where it was instead of
+jumping to the new loop's origin, so schedules made earlier stay meaningful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+
+
+class StitchedClock:
+    """Monotonic seconds from the running loop's clock, continuous across loops."""
+
+    __slots__ = ("_base_source", "_base_value", "_last", "_source")
+
+    def __init__(self) -> None:
+        self._source: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._base_source = time.monotonic()
+        self._base_value = 0.0
+        self._last = 0.0
+
+    def __call__(self) -> float:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        source_now = loop.time() if loop is not None else time.monotonic()
+        current = self._source() if self._source is not None else None
+        if current is not loop:
+            # A different time source: carry on from the last value we gave out.
+            self._source = weakref.ref(loop) if loop is not None else None
+            self._base_source = source_now
+            self._base_value = self._last
+        value = self._base_value + (source_now - self._base_source)
+        if value > self._last:
+            self._last = value
+        return self._last

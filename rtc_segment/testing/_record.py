@@ -1,0 +1,184 @@
+"""What the emulator saw: one frozen :class:`RequestRecord` per request, and exact counters.
+
+The record list is a bounded deque (``record_limit``) so that long benchmark runs keep
+flat memory; the counters in :class:`EmulatorStats` and the 1-second window maxima stay
+exact however many records were evicted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+
+import attrs
+
+from .._models import TaskKey
+from ._faults import Fault
+
+__all__ = ["EmulatorStats", "RequestRecord"]
+
+THROTTLE_CODE = "FlowLimitExceeded"
+
+
+@attrs.frozen
+class RequestRecord:
+    """One request as the emulator received and answered it.
+
+    Attributes:
+        request_id: The ``RequestId`` it answered with.
+        arrival: Arrival time on the emulator's monotonic clock (seconds).
+        method: The HTTP method.
+        action: The ``Action`` query parameter (``None`` when absent).
+        version: The ``Version`` query parameter (``None`` when absent).
+        key: The task key, when ``AppId``, ``RoomId`` and ``TaskId`` were all given.
+        account: The account of the access key, once the signature was verified.
+        access_key_id: The access key id the request claimed (not necessarily valid).
+        x_date: The request's ``X-Date`` header as sent.
+        http_status: The status answered; ``None`` when the connection was dropped.
+        error_code: ``Error.Code`` of the answer, if it was an error.
+        fault: The injected fault, if any.
+        admitted: Whether it passed the QPS ceiling (and so counted toward it).
+    """
+
+    request_id: str
+    arrival: float
+    method: str
+    action: str | None
+    version: str | None
+    key: TaskKey | None
+    account: str | None
+    access_key_id: str | None
+    x_date: str | None
+    http_status: int | None
+    error_code: str | None
+    fault: Fault | None
+    admitted: bool
+
+    @property
+    def throttled(self) -> bool:
+        """Refused by the emulator's own QPS ceiling (not an injected 429 fault)."""
+        return self.error_code == THROTTLE_CODE and self.fault is None
+
+    @property
+    def ok(self) -> bool:
+        """Answered with a success."""
+        return (
+            self.http_status is not None
+            and 200 <= self.http_status < 300
+            and (self.error_code is None)
+            and self.fault in (None, Fault.SLOW)
+        )
+
+
+@attrs.frozen
+class EmulatorStats:
+    """Exact totals since the last ``reset_record()`` (independent of ``record_limit``).
+
+    Attributes:
+        requests: Every request received.
+        admitted: Requests that passed the QPS ceiling.
+        throttled: Requests refused by the QPS ceiling.
+        by_status: Count per HTTP status (dropped connections under ``None``).
+        by_error: Count per ``Error.Code``.
+        by_fault: Count per injected fault.
+        max_in_second: Most arrivals in any sliding 1-second window.
+        max_admitted_in_second: Most admitted arrivals in any sliding 1-second window.
+    """
+
+    requests: int
+    admitted: int
+    throttled: int
+    by_status: dict[int | None, int]
+    by_error: dict[str, int]
+    by_fault: dict[Fault, int]
+    max_in_second: int
+    max_admitted_in_second: int
+
+
+class _WindowMax:
+    """The most events in any half-open window ``[t, t + width)``, updated in O(1) amortised."""
+
+    __slots__ = ("_times", "max", "width")
+
+    def __init__(self, width: float = 1.0) -> None:
+        self.width = width
+        self._times: deque[float] = deque()
+        self.max = 0
+
+    def add(self, at: float) -> None:
+        times = self._times
+        horizon = at - self.width
+        while times and times[0] <= horizon:
+            times.popleft()
+        times.append(at)
+        if len(times) > self.max:
+            self.max = len(times)
+
+
+def max_in_window(arrivals: Iterable[float], width: float) -> int:
+    """The most of ``arrivals`` (sorted) in any half-open window of ``width`` seconds."""
+    window = _WindowMax(width)
+    for at in arrivals:
+        window.add(at)
+    return window.max
+
+
+class Recorder:
+    """Keeps records (bounded) and exact counters."""
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"record_limit must be an int >= 0 or None, got {limit!r}")
+        self._limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self.records: deque[RequestRecord] = deque(maxlen=self._limit)
+        self.total = 0
+        self.admitted = 0
+        self.throttled = 0
+        self.by_status: Counter[int | None] = Counter()
+        self.by_error: Counter[str] = Counter()
+        self.by_fault: Counter[Fault] = Counter()
+        self._window_all = _WindowMax()
+        self._window_admitted = _WindowMax()
+
+    @property
+    def evicted(self) -> int:
+        """How many records were dropped to honour the limit."""
+        return self.total - len(self.records)
+
+    def add(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        self.total += 1
+        self._window_all.add(record.arrival)
+        if record.admitted:
+            self.admitted += 1
+            self._window_admitted.add(record.arrival)
+        if record.throttled:
+            self.throttled += 1
+        self.by_status[record.http_status] += 1
+        if record.error_code is not None:
+            self.by_error[record.error_code] += 1
+        if record.fault is not None:
+            self.by_fault[record.fault] += 1
+
+    def window_max(self, *, admitted_only: bool) -> int:
+        return (self._window_admitted if admitted_only else self._window_all).max
+
+    def stats(self) -> EmulatorStats:
+        return EmulatorStats(
+            requests=self.total,
+            admitted=self.admitted,
+            throttled=self.throttled,
+            by_status=dict(self.by_status),
+            by_error=dict(self.by_error),
+            by_fault=dict(self.by_fault),
+            max_in_second=self._window_all.max,
+            max_admitted_in_second=self._window_admitted.max,
+        )
+
+    def __iter__(self) -> Iterator[RequestRecord]:
+        return iter(self.records)
