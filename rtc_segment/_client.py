@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import httpx
 
-from ._version import __version__
+from ._actions import (
+    ACTIONS,
+    GET_SEGMENT_TASK,
+    START_SEGMENT,
+    STOP_SEGMENT,
+    UPDATE_SEGMENT,
+    Action,
+    start_segment_body,
+    stop_segment_body,
+    update_segment_body,
+)
 from ._converter import ShapeError, structure_metadata, structure_task
 from ._credentials import Credentials
 from ._errors import (
@@ -38,8 +48,18 @@ from ._errors import (
     error_from_service,
 )
 from ._limiting import LocalRateLimiter, RateLimiter
-from ._models import ResponseMetadata, SegmentTask, TaskKey, TaskOutcome
+from ._models import (
+    Control,
+    ResponseMetadata,
+    SegmentTask,
+    StorageConfig,
+    Stream,
+    TargetStreams,
+    TaskKey,
+    TaskOutcome,
+)
 from ._signing import Signer
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._polling import TaskWatch
@@ -65,7 +85,6 @@ SINGAPORE_ENDPOINT = "https://open-ap-singapore-1.volcengineapi.com"
 MAX_RESPONSE_BYTES = 1 << 20
 
 _SERVICE = "rtc"
-_GET_SEGMENT_TASK = ("GetSegmentTask", "2022-06-01")
 # The service's id rule (facts §1): 1-128 characters from [A-Za-z0-9_@.-].
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_@.\-]{1,128}")
 _EXCERPT_BYTES = 200
@@ -221,9 +240,14 @@ class SegmentClient:
         endpoint: Base URL of the OpenAPI gateway. ``http://`` is accepted only for loopback
             hosts (e.g. the emulator) unless ``allow_insecure_http`` is set.
         region: Signing region (``cn-north-1`` for the default endpoint).
-        qps: Ceiling of this client's own limiter when ``limiter`` is not given.
-        limiter: Any :class:`RateLimiter`; pass one shared object (e.g. a
+        qps: Ceiling of this client's own GetSegmentTask limiter when ``limiter`` is not given.
+        limiter: Any :class:`RateLimiter` for GetSegmentTask; pass one shared object (e.g. a
             ``RedisRateLimiter``) when several clients or processes share an account.
+        action_limiters: Limiters for the other actions, by action name. By default each
+            action is paced on its own at its documented ceiling (StartSegment 60,
+            UpdateSegment and StopSegment 150): with ``limiter.for_action(name, qps)`` when
+            ``limiter`` offers it (``RedisRateLimiter`` does, so every action is shared
+            across processes), else with a ``LocalRateLimiter``.
         timeout: Seconds for each network operation of an attempt (connect, read, write, pool).
         max_retries: Retries after the first attempt, for transient failures only.
         backoff: Waits between attempts; ``Backoff.disabled()`` for tests.
@@ -241,6 +265,7 @@ class SegmentClient:
         region: str = "cn-north-1",
         qps: float = 60.0,
         limiter: RateLimiter | None = None,
+        action_limiters: Mapping[str, RateLimiter] | None = None,
         timeout: float = 10.0,
         max_retries: int = 3,
         backoff: Backoff | None = None,
@@ -259,6 +284,7 @@ class SegmentClient:
         elif not isinstance(limiter, RateLimiter):
             raise TypeError("limiter must provide `qps` and `async acquire()` (see RateLimiter)")
         self._limiter = limiter
+        self._limiters = _limiters_per_action(limiter, action_limiters)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -376,15 +402,152 @@ class SegmentClient:
         return await self._get(key)
 
     async def _get(self, key: TaskKey) -> SegmentTask:
-        action, version = _GET_SEGMENT_TASK
         query = {
-            "Action": action,
-            "Version": version,
+            "Action": GET_SEGMENT_TASK.name,
+            "Version": GET_SEGMENT_TASK.version,
             "AppId": key.app_id,
             "RoomId": key.room_id,
             "TaskId": key.task_id,
         }
-        return await self._call(action, query=query, key=key, parse=_parse_segment_task)
+        return await self._call(GET_SEGMENT_TASK, query=query, key=key, parse=_parse_segment_task)
+
+    async def start_segment(
+        self,
+        app_id: str,
+        room_id: str,
+        task_id: str,
+        *,
+        storage_config: StorageConfig,
+        target_streams: TargetStreams | Sequence[Stream] | None = None,
+        duration: int = 20,
+        max_idle_time: int = 180,
+        handle: bool = True,
+        identifier: str | None = None,
+        control: Control | None = None,
+        business_id: str | None = None,
+    ) -> None:
+        """Start an audio-segment task (StartSegment, 2022-06-01).
+
+        Arguments are checked against the documented ranges before anything is sent:
+        ``duration`` 1-600 s, ``max_idle_time`` 1-86400 s, at most 17 target streams with
+        unique indexes (none: every stream in the room), ids and ``identifier`` from
+        ``[A-Za-z0-9_@.-]``, and the config object matching ``storage_config.type``.
+
+        Starting is not idempotent, so it is never retried blindly. When an attempt fails
+        in a way that leaves open whether it reached the service (timeout or dropped
+        connection after sending, 5xx answer), the client asks GetSegmentTask: a task that
+        exists and has not ended means the start landed, and the call returns; no such task
+        means it did not, and the start is sent again (within ``max_retries``); otherwise
+        the original error is raised with ``ambiguous=True``.
+
+        Raises:
+            InvalidParameterError: e.g. ``InvalidParameter.TaskAlreadyExists``.
+        """
+        key = TaskKey(
+            validate_id("app_id", app_id),
+            validate_id("room_id", room_id),
+            validate_id("task_id", task_id),
+        )
+        body = start_segment_body(
+            key,
+            storage_config=storage_config,
+            target_streams=target_streams,
+            duration=duration,
+            max_idle_time=max_idle_time,
+            handle=handle,
+            identifier=identifier,
+            control=control,
+            business_id=business_id,
+        )
+        budget = self._max_retries + 1
+        while True:
+            try:
+                await self._post(START_SEGMENT, key, body, retry_if_maybe_sent=False)
+                return
+            except RtcSegmentError as error:
+                if not (error.ambiguous and error.retryable):
+                    raise
+                budget -= error.attempts
+                try:
+                    task = await self._get(key)
+                except TaskNotFoundError:
+                    if budget <= 0:
+                        raise error from None
+                    logger.debug("StartSegment %s did not land; sending it again", "/".join(key))
+                    continue
+                except RtcSegmentError:
+                    raise error from None
+                if task.is_terminal:
+                    raise error from None
+                logger.debug("StartSegment %s landed although its answer was lost", "/".join(key))
+                return
+
+    async def update_segment(
+        self,
+        app_id: str,
+        room_id: str,
+        task_id: str,
+        *,
+        identifier: str | None = None,
+        handle: bool | None = None,
+        duration: int | None = None,
+        business_id: str | None = None,
+    ) -> None:
+        """Change a running task (UpdateSegment, 2022-06-01); give at least one of
+        ``identifier``, ``handle``, ``duration`` (1-600 s; changing it restarts the slice
+        timer). Setting values is idempotent, so transient failures are retried."""
+        key = TaskKey(
+            validate_id("app_id", app_id),
+            validate_id("room_id", room_id),
+            validate_id("task_id", task_id),
+        )
+        body = update_segment_body(
+            key, identifier=identifier, handle=handle, duration=duration, business_id=business_id
+        )
+        await self._post(UPDATE_SEGMENT, key, body)
+
+    async def stop_segment(
+        self,
+        app_id: str,
+        room_id: str,
+        task_id: str,
+        *,
+        business_id: str | None = None,
+    ) -> None:
+        """Stop a task (StopSegment, 2022-06-01). Transient failures are retried; when a
+        retry finds the task already gone after an earlier attempt may have stopped it,
+        that counts as success (the task is stopped either way).
+
+        Raises:
+            TaskNotFoundError: no running task with these ids.
+        """
+        key = TaskKey(
+            validate_id("app_id", app_id),
+            validate_id("room_id", room_id),
+            validate_id("task_id", task_id),
+        )
+        body = stop_segment_body(key, business_id=business_id)
+        try:
+            await self._post(STOP_SEGMENT, key, body)
+        except TaskNotFoundError as error:
+            if error.ambiguous:
+                logger.debug("StopSegment %s: an earlier attempt stopped it", "/".join(key))
+                return
+            raise
+
+    async def _post(
+        self, action: Action, key: TaskKey, body: bytes, *, retry_if_maybe_sent: bool = True
+    ) -> None:
+        query = {"Action": action.name, "Version": action.version}
+        await self._call(
+            action,
+            query=query,
+            key=key,
+            method=action.method,
+            body=body,
+            parse=_parse_ok,
+            retry_if_maybe_sent=retry_if_maybe_sent,
+        )
 
     def get_segment_tasks(
         self,
@@ -474,14 +637,13 @@ class SegmentClient:
 
     async def _call(
         self,
-        action: str,
+        action: Action,
         *,
         query: Mapping[str, str],
         key: TaskKey | None,
         method: str = "GET",
         body: bytes = b"",
         parse: Callable[[ResponseMetadata, Any, int, str, TaskKey | None], _T],
-        limiter: RateLimiter | None = None,
         retry_if_maybe_sent: bool = True,
     ) -> _T:
         """Send one API request with pacing, signing and retries.
@@ -493,19 +655,22 @@ class SegmentClient:
         which the request may have reached the service is then raised at once, not retried.
         """
         self._check_open()
-        limiter = limiter or self._limiter
+        limiter = self._limiters[action.name]
         counters = self._counters
         attempt = 0
         resigned_for_clock = False
+        may_have_arrived = False
         while True:
             attempt += 1
             try:
                 metadata, result, status = await self._attempt(
-                    action, query=query, key=key, method=method, body=body, limiter=limiter
+                    action.name, query=query, key=key, method=method, body=body, limiter=limiter
                 )
             except _Attempt as failed:
                 error = failed.error
                 error.attempts = attempt
+                may_have_arrived = may_have_arrived or (failed.sent and error.retryable)
+                error.ambiguous = may_have_arrived
                 if isinstance(error, ThrottledError):
                     counters.throttled += 1
                 # A stale X-Date (e.g. a long wait between signing and arrival) is cured by
@@ -527,7 +692,7 @@ class SegmentClient:
                 delay = self._backoff.delay(attempt, failed.retry_after, self._rng)
                 logger.debug(
                     "%s attempt %d failed (%s); retrying in %.3f s",
-                    action,
+                    action.name,
                     attempt,
                     type(error).__name__,
                     delay,
@@ -537,9 +702,10 @@ class SegmentClient:
                     await asyncio.sleep(delay)
                 continue
             try:
-                value = parse(metadata, result, status, action, key)
+                value = parse(metadata, result, status, action.name, key)
             except RtcSegmentError as error:
                 error.attempts = attempt
+                error.ambiguous = may_have_arrived
                 counters.errors[type(error).__name__] += 1
                 raise
             counters.succeeded += 1
@@ -768,6 +934,32 @@ def _interpret(
             )
         )
     return metadata, document.get("Result"), status
+
+
+def _limiters_per_action(
+    limiter: RateLimiter, overrides: Mapping[str, RateLimiter] | None
+) -> dict[str, RateLimiter]:
+    limiters: dict[str, RateLimiter] = {GET_SEGMENT_TASK.name: limiter}
+    derive = getattr(limiter, "for_action", None)
+    for action in ACTIONS[1:]:
+        limiters[action.name] = (
+            derive(action.name, action.qps) if callable(derive) else LocalRateLimiter(action.qps)
+        )
+    for name, given in (overrides or {}).items():
+        if name not in limiters:
+            names = ", ".join(a.name for a in ACTIONS)
+            raise ValueError(f"action_limiters: unknown action {name!r}; use one of {names}")
+        if not isinstance(given, RateLimiter):
+            raise TypeError(f"action_limiters[{name!r}] must be a RateLimiter")
+        limiters[name] = given
+    return limiters
+
+
+def _parse_ok(
+    metadata: ResponseMetadata, result: Any, status: int, action: str, key: TaskKey | None
+) -> None:
+    # Start/Update/Stop answer Result "ok"; anything without an Error is success.
+    return None
 
 
 def _parse_segment_task(

@@ -38,6 +38,9 @@ class RtcSegmentError(Exception):
         http_status: The HTTP status of the failing answer, if there was one.
         attempts: How many attempts were made before giving up.
         retryable: Whether the client treats this failure as transient (and retries it).
+        ambiguous: True when an attempt of the failed call may nevertheless have reached the
+            service (a timeout or dropped connection after sending, or a 5xx answer). Matters
+            for actions that change state (StartSegment, StopSegment).
     """
 
     retryable: ClassVar[bool] = False
@@ -61,6 +64,7 @@ class RtcSegmentError(Exception):
         self.request_id = request_id
         self.http_status = http_status
         self.attempts = attempts
+        self.ambiguous = False
 
     def _context(self) -> str:
         parts: list[str] = []
