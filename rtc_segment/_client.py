@@ -59,6 +59,7 @@ from ._models import (
     TaskOutcome,
 )
 from ._signing import Signer
+from ._transports import HTTP_BACKENDS, HttpBackend, aiohttp_transport
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -251,7 +252,12 @@ class SegmentClient:
         timeout: Seconds for each network operation of an attempt (connect, read, write, pool).
         max_retries: Retries after the first attempt, for transient failures only.
         backoff: Waits between attempts; ``Backoff.disabled()`` for tests.
-        transport: An httpx transport, e.g. ``Emulator().transport()`` for tests.
+        http_backend: What sends the requests under httpx: ``"httpcore"`` (httpx's own
+            transport, the default) or ``"aiohttp"`` (extra ``aiohttp``; faster, and keeps
+            its speed with many requests in flight). Errors, retries and timeouts behave the
+            same on both. Ignored when ``transport`` is given.
+        transport: An httpx transport, e.g. ``Emulator().transport()`` for tests; it wins
+            over ``http_backend``.
         max_connections: Upper bound of concurrently open connections (and in-flight requests).
         allow_insecure_http: Permit ``http://`` to a non-loopback host.
         clock: Returns the current UTC time for ``X-Date``; injectable for tests.
@@ -269,6 +275,7 @@ class SegmentClient:
         timeout: float = 10.0,
         max_retries: int = 3,
         backoff: Backoff | None = None,
+        http_backend: HttpBackend = "httpcore",
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
         allow_insecure_http: bool = False,
@@ -304,6 +311,13 @@ class SegmentClient:
         # got its limiter slot must never then wait for a connection, or sends would bunch up.
         self._slots = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
+        if http_backend not in HTTP_BACKENDS:
+            raise ValueError(
+                f"http_backend must be one of {', '.join(map(repr, HTTP_BACKENDS))}, "
+                f"got {http_backend!r}"
+            )
+        if transport is None and http_backend == "aiohttp":
+            transport = aiohttp_transport(max_connections=max_connections)
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(self._timeout),
