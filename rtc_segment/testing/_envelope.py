@@ -147,4 +147,6 @@ def error_body(
     error["Message"] = failure.message
     metadata = _metadata(request_id, action, version, service, region)
     metadata["Error"] = error
-    return json.dumps({"ResponseMetadata": metadata}, ensure_ascii=False).encode()
+    return json.dumps(
+        {"ResponseMetadata": metadata}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
