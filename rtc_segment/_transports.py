@@ -135,7 +135,15 @@ def _exact_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
                 keepalive_timeout=_KEEPALIVE_SECONDS,
                 ssl=self.ssl_context,
             )
-            return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+            session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            )
+            # aiohttp silently sends a GET again when the connection fails; that second
+            # arrival would bypass the client's limiter, signing and counters. The client
+            # retries itself, paced (there is no public switch for this).
+            if hasattr(session, "_retry_connection"):
+                session._retry_connection = False
+            return session
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             try:
