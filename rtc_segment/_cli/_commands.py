@@ -67,7 +67,7 @@ async def command_get(args: argparse.Namespace, context: Context) -> int:
         indent = 2 if terminal.stdout_is_terminal else None
         terminal.emit(json.dumps(task_to_dict(task), ensure_ascii=False, indent=indent))
     else:
-        terminal.out.print(task_view(key, task))
+        terminal.show(task_view(key, task))
     return 0
 
 
@@ -172,7 +172,7 @@ async def command_poll(args: argparse.Namespace, context: Context) -> int:
             tally.interrupted = not completed
             stats = client.stats
     terminal.stdout.flush()
-    terminal.err.print(summary_view("rtc-segment poll", tally, stats))
+    terminal.show(summary_view("rtc-segment poll", tally, stats), on_stderr=True)
     return exit_status(tally)
 
 

@@ -71,9 +71,9 @@ async def command_demo(args: argparse.Namespace, context: Context) -> int:
             tally.finish()
             tally.interrupted = not completed
             poll_stats = client.stats
-            reached = Counter(
-                record.key for record in emulator.requests if record.action == "GetSegmentTask"
-            )
+            polls = [r for r in emulator.requests if r.action == "GetSegmentTask"]
+            reached = Counter(record.key for record in polls)
+            arrival_rate = _arrival_rate([record.arrival for record in polls])
             window_max = emulator.max_in_window(1.0)
             server_throttled = emulator.throttled_count
             watched: list[TaskKey] = []
@@ -94,11 +94,12 @@ async def command_demo(args: argparse.Namespace, context: Context) -> int:
                 watch_seconds = time.monotonic() - started
                 ended = sum(1 for task in finals if task.is_terminal)
                 tally.interrupted = not completed
-    lost = sum(1 for key in keys if outcomes[key] != 1) + sum(
-        count for key, count in outcomes.items() if key not in set(keys)
-    )
+    seeded = set(keys)
+    lost = sum(1 for key in keys if outcomes[key] != 1)
+    lost += sum(count for key, count in outcomes.items() if key not in seeded)
     never_reached = sum(1 for key in keys if outcomes[key] and not reached[key])
     extra = [
+        ("arrivals", f"{arrival_rate:.1f}/s", "at the emulator, from first to last request"),
         ("max in 1 s", f"{window_max}", "requests in any 1-second window, at the emulator"),
         ("lost", f"{lost}", f"keys without exactly one outcome ({never_reached} never arrived)"),
     ]
@@ -106,15 +107,20 @@ async def command_demo(args: argparse.Namespace, context: Context) -> int:
         extra.append(("throttled", str(server_throttled), "counted by the emulator"))
     if watched:
         extra.append(("watched", f"{len(watched)}", f"{ended} ended, in {watch_seconds:.1f} s"))
-    terminal.out.print(
-        summary_view(
-            f"Summary ({len(keys)} rooms at {DEMO_QPS:g} QPS)", tally, poll_stats, extra=extra
-        )
-    )
+    title = f"Summary ({len(keys)} rooms at {DEMO_QPS:g} QPS)"
+    terminal.show(summary_view(title, tally, poll_stats, extra=extra))
     status = exit_status(tally)
     if status == 0 and (lost or poll_stats.throttled or ended < len(watched)):
         status = 1
     return status
+
+
+def _arrival_rate(arrivals: list[float]) -> float:
+    """Requests per second between the first and the last arrival (0 for fewer than two)."""
+    if len(arrivals) < 2:
+        return 0.0
+    span = max(arrivals) - min(arrivals)
+    return (len(arrivals) - 1) / span if span > 0 else 0.0
 
 
 async def _poll_all(

@@ -10,7 +10,7 @@ import sys
 from typing import TextIO
 
 import attrs
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 __all__ = ["Terminal"]
 
@@ -76,6 +76,18 @@ class Terminal:
         self.stdout.write(line + "\n")
         if flush:
             self.stdout.flush()
+
+    def show(self, renderable: RenderableType, *, on_stderr: bool = False) -> None:
+        """Print a rich renderable; outside a terminal, without the trailing padding that
+        rich adds to table rows (so logs and pasted transcripts stay clean)."""
+        console = self.err if on_stderr else self.out
+        if console.is_terminal:
+            console.print(renderable)
+            return
+        with console.capture() as captured:
+            console.print(renderable)
+        stream = self.stderr if on_stderr else self.stdout
+        stream.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
     def warn(self, message: str) -> None:
         """A one-line diagnostic on stderr, printed literally (no markup interpretation)."""

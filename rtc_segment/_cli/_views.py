@@ -7,7 +7,6 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import attrs
-from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -176,7 +175,7 @@ def summary_view(
     """The end-of-run table: keys by status, errors by class, requests, achieved rate.
 
     ``extra`` rows are ``(label, value, note)``."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_header=False, title_justify="left")
+    table = Table(title=title, box=None, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column()
@@ -199,4 +198,4 @@ def summary_view(
     table.add_row("throttled", str(stats.throttled), "")
     for label, value, note in extra or ():
         table.add_row(label, value, note)
-    return Group(table)
+    return Group(Text(""), table)

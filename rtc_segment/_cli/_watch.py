@@ -130,5 +130,5 @@ async def command_watch(args: argparse.Namespace, context: Context) -> int:
     if tally.interrupted:
         extra.append(("unfinished", str(len(keys) - len(ledger.finished)), "still watched"))
     terminal.stdout.flush()
-    terminal.err.print(summary_view("rtc-segment watch", tally, stats, extra=extra))
+    terminal.show(summary_view("rtc-segment watch", tally, stats, extra=extra), on_stderr=True)
     return exit_status(tally)
