@@ -95,7 +95,10 @@ async def command_demo(args: argparse.Namespace, context: Context) -> int:
                 ended = sum(1 for task in finals if task.is_terminal)
                 tally.interrupted = not completed
     seeded = set(keys)
-    lost = sum(1 for key in keys if outcomes[key] != 1)
+    # Keys without exactly one outcome. After Ctrl-C, keys never polled are not lost: they
+    # are reported as such.
+    missing = sum(1 for key in keys if not outcomes[key])
+    lost = sum(1 for key in keys if outcomes[key] > 1) + (0 if tally.interrupted else missing)
     lost += sum(count for key, count in outcomes.items() if key not in seeded)
     never_reached = sum(1 for key in keys if outcomes[key] and not reached[key])
     extra = [
@@ -103,6 +106,8 @@ async def command_demo(args: argparse.Namespace, context: Context) -> int:
         ("max in 1 s", f"{window_max}", "requests in any 1-second window, at the emulator"),
         ("lost", f"{lost}", f"keys without exactly one outcome ({never_reached} never arrived)"),
     ]
+    if tally.interrupted:
+        extra.append(("not polled", str(missing), "interrupted before their turn"))
     if server_throttled != poll_stats.throttled:
         extra.append(("throttled", str(server_throttled), "counted by the emulator"))
     if watched:
