@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -387,3 +388,162 @@ async def test_fallback_paces_locally_warns_once_and_returns_to_redis(
     assert limiter.stats.reservations > 10  # back on Redis
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     assert len(after) == 60
+
+
+# --- with the client and the emulator ------------------------------------------------
+
+EMULATED = Credentials("AKLTsharedquotaaccount", "shared-quota-secret")
+TASK = ("app", "room", "task")
+
+
+def _process_worker(
+    base_url: str, redis_port: int, qps: float, seconds: float, start: Any, results: Any
+) -> None:
+    """One OS process: as many calls as the shared limiter allows, for ``seconds``."""
+    results.put(asyncio.run(_calls_until_deadline(base_url, redis_port, qps, seconds, start)))
+
+
+async def _calls_until_deadline(
+    base_url: str, redis_port: int, qps: float, seconds: float, start: Any
+) -> tuple[int, list[str]]:
+    from rtc_segment import SegmentClient
+
+    redis = Redis(host="127.0.0.1", port=redis_port)
+    # 0.97 rather than the default 0.99: a 30 ms margin for arrival jitter. Here four busy
+    # processes share two cores and the emulator judges arrivals on the test's own event
+    # loop, so its clock lags more than a real gateway's would.
+    limiter = RedisRateLimiter(
+        redis, key=RedisRateLimiter.key_for(EMULATED), qps=qps, utilization=0.97
+    )
+    sent, errors = 0, []
+    async with SegmentClient(EMULATED, endpoint=base_url, limiter=limiter, max_retries=0) as client:
+        await asyncio.to_thread(start.wait)
+        deadline = time.monotonic() + seconds
+
+        async def caller() -> None:
+            nonlocal sent
+            while time.monotonic() < deadline:
+                try:
+                    await client.get_segment_task(*TASK)
+                except Exception as exc:
+                    errors.append(repr(exc))
+                sent += 1
+
+        await asyncio.gather(*(caller() for _ in range(24)))
+    await redis.aclose()
+    return sent, errors
+
+
+async def test_os_processes_sharing_one_key_stay_under_the_ceiling(
+    redis_server: RedisExecutor,
+) -> None:
+    from rtc_segment.testing import Emulator
+
+    qps, processes = 60.0, 3
+    emulator = Emulator(EMULATED, qps=qps)
+    emulator.add_task(*TASK)
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    async with emulator.serve(port=0) as base_url:
+        workers = [
+            context.Process(
+                target=_process_worker,
+                args=(base_url, redis_server.port, qps, 3.0, start, results),
+            )
+            for _ in range(processes)
+        ]
+        for process in workers:
+            process.start()
+        reports = [await asyncio.to_thread(results.get, True, 60) for _ in workers]
+        for process in workers:
+            await asyncio.to_thread(process.join, 10)
+    assert [process.exitcode for process in workers] == [0] * processes
+    assert [errors for _, errors in reports] == [[]] * processes
+    arrivals = [record.arrival for record in emulator.requests]
+    assert len(arrivals) == sum(sent for sent, _ in reports)
+    assert emulator.stats.throttled == 0
+    assert emulator.max_in_window(1.0) <= qps
+    assert rate(arrivals) >= 0.95 * qps
+    for sent, _ in reports:  # every process got a fair part
+        assert sent >= 0.8 * len(arrivals) / processes
+
+
+async def run_until_redis_stops(
+    server: RedisExecutor, *, qps: float, fallback_fraction: float | None
+) -> tuple[Any, RedisRateLimiter, float, list[BaseException]]:
+    """Callers through a client until Redis is stopped after 40 sends; then 1.5 s more.
+
+    Returns the emulator, the limiter, when Redis was stopped (emulator clock) and the
+    callers' RateLimiterUnavailable errors.
+    """
+    from rtc_segment import SegmentClient
+    from rtc_segment.testing import Emulator
+
+    emulator = Emulator(EMULATED, qps=qps)
+    emulator.add_task(*TASK)
+    redis = private_client(server, socket_connect_timeout=0.5)
+    limiter = RedisRateLimiter(
+        redis,
+        key="outage",
+        qps=qps,
+        redis_timeout=0.3,
+        retry_interval=60,
+        fallback_fraction=fallback_fraction,
+    )
+    failures: list[BaseException] = []
+    stopped_at = 0.0
+    stopped_on_emulator = 0.0  # the same instant on the emulator's clock (its record's)
+    loop = asyncio.get_running_loop()
+    async with SegmentClient(
+        EMULATED, transport=emulator.transport(), limiter=limiter, max_retries=0
+    ) as client:
+
+        async def caller() -> None:
+            nonlocal stopped_at, stopped_on_emulator
+            while not stopped_at or loop.time() < stopped_at + 1.5:
+                try:
+                    await client.get_segment_task(*TASK)
+                except RateLimiterUnavailable as exc:
+                    failures.append(exc)
+                    return
+                if not stopped_at and emulator.count() >= 40:
+                    server.stop()
+                    stopped_at = loop.time()
+                    stopped_on_emulator = emulator.clock()
+
+        await asyncio.gather(*(caller() for _ in range(16)))
+    await redis.aclose()
+    return emulator, limiter, stopped_on_emulator, failures
+
+
+async def test_redis_stopped_under_a_client_fails_calls_and_sends_nothing_unpaced(
+    private_server: RedisExecutor,
+) -> None:
+    qps = 200.0
+    emulator, limiter, _, failures = await run_until_redis_stops(
+        private_server, qps=qps, fallback_fraction=None
+    )
+    # Every caller ended with the documented error; every request sent had a Redis slot.
+    assert len(failures) == 16
+    assert emulator.count() == limiter.stats.reservations
+    assert emulator.count() <= 40 + 16  # at most those already paced when Redis stopped
+    assert emulator.stats.throttled == 0
+    assert emulator.max_in_window(1.0) <= qps
+
+
+async def test_redis_stopped_under_a_client_with_fallback_paces_locally(
+    private_server: RedisExecutor,
+) -> None:
+    qps, fraction = 200.0, 0.25
+    emulator, limiter, stopped_at, failures = await run_until_redis_stops(
+        private_server, qps=qps, fallback_fraction=fraction
+    )
+    assert failures == []
+    # After the slots reserved before the outage, sends go at fraction * qps at most.
+    later = [r.arrival for r in emulator.requests if r.arrival > stopped_at + 0.1]
+    assert len(later) >= 20
+    assert max_in_window(later, 0.5) <= fraction * qps * 0.5 + 1
+    assert emulator.stats.throttled == 0
+    assert (
+        limiter.stats.fallback_acquisitions == len(later) or limiter.stats.fallback_acquisitions > 0
+    )
