@@ -59,6 +59,7 @@ KeySource: TypeAlias = "Iterable[KeyLike] | AsyncIterable[KeyLike]"
 # ceiling: requests wait their turn at the limiter while earlier ones are on the wire.
 _LATENCY_COVER_SECONDS = 1.0
 _MIN_CONCURRENCY = 8
+_CLOCK_SLACK = 1e-6
 
 
 def default_concurrency(client: SegmentClient) -> int:
@@ -781,7 +782,9 @@ class TaskWatch:
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> float | None:
         """Start the polls that are due; return when the next one is due (if one can start)."""
         schedule = self._schedule
-        now = loop.time()
+        # Timers may fire up to a clock tick early (asyncio's clock resolution, looptime's
+        # 1 us rounding): a poll due within that is due now, or the wait would spin.
+        now = loop.time() + _CLOCK_SLACK
         # Undelivered events bound the polls started: a slow consumer slows polling down.
         while (
             schedule
