@@ -53,7 +53,7 @@ processes sharing the key, or the account can exceed its ceiling during an outag
 The key
 -------
 :meth:`RedisRateLimiter.key_for` derives the key from the account:
-``rtc_segment:{ratelimit}:<account fingerprint>:<action>``, where the fingerprint is the
+``rtc_segment:ratelimit:<account fingerprint>:<action>``, where the fingerprint is the
 first 16 hex digits of the SHA-256 of the access key id. Only that hash and a timestamp
 are stored in Redis -- never a key id, a secret or a token. Any other string may be used
 as the key; every process that passes the same key shares one ceiling.
@@ -84,6 +84,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = ["RedisLimiterStats", "RedisRateLimiter"]
+
+_KEY_PREFIX = "rtc_segment:ratelimit:"
 
 logger = logging.getLogger("rtc_segment.redis")
 
@@ -238,7 +240,7 @@ class RedisRateLimiter:
     def key_for(credentials: _AccountCredentials, action: str = "GetSegmentTask") -> str:
         """The Redis key for ``action`` of the account that ``credentials`` belong to.
 
-        ``rtc_segment:{ratelimit}:<fingerprint>:<action>``: the fingerprint is the first
+        ``rtc_segment:ratelimit:<fingerprint>:<action>``: the fingerprint is the first
         16 hex digits of the SHA-256 of the access key id, so the key identifies the
         account without revealing anything about its credentials.
         """
@@ -246,7 +248,30 @@ class RedisRateLimiter:
         if not isinstance(fingerprint, str):
             digest = hashlib.sha256(credentials.access_key_id.encode("utf-8")).hexdigest()
             fingerprint = digest[:16]
-        return f"rtc_segment:{{ratelimit}}:{fingerprint}:{action}"
+        return f"{_KEY_PREFIX}{fingerprint}:{action}"
+
+    def for_action(self, action: str, qps: float) -> RedisRateLimiter:
+        """A limiter for another action of the same account: same Redis, same settings.
+
+        :class:`~rtc_segment.SegmentClient` calls this to pace StartSegment, UpdateSegment
+        and StopSegment at their own ceilings. A key made by :meth:`key_for` gets the other
+        action's name in place of its own; any other key gets ``:<action>`` appended. Either
+        way every process derives the same key, so each action is shared across processes.
+        """
+        base, _, last = self._key.rpartition(":")
+        key = (
+            f"{base}:{action}" if base.startswith(_KEY_PREFIX) and last else f"{self._key}:{action}"
+        )
+        return RedisRateLimiter(
+            self._redis,
+            key=key,
+            qps=qps,
+            utilization=self._utilization,
+            max_pending=self._max_pending,
+            redis_timeout=self._redis_timeout,
+            retry_interval=self._retry_interval,
+            fallback_fraction=self._fallback_fraction,
+        )
 
     @property
     def qps(self) -> float:

@@ -156,13 +156,32 @@ async def test_rejects_invalid_settings(
 def test_key_identifies_the_account_and_action_without_revealing_credentials() -> None:
     credentials = Credentials("AKLTexampleaccesskeyid", "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "tok")
     key = RedisRateLimiter.key_for(credentials)
-    assert key == f"rtc_segment:{{ratelimit}}:{credentials.account_fingerprint}:GetSegmentTask"
+    assert key == f"rtc_segment:ratelimit:{credentials.account_fingerprint}:GetSegmentTask"
     for secret_part in ("AKLTexampleaccesskeyid", "c2VjcmV0", "tok"):
         assert secret_part not in key
     # Same account, other secret (a rotated key): same budget; other account: another.
     assert RedisRateLimiter.key_for(Credentials("AKLTexampleaccesskeyid", "other")) == key
     assert RedisRateLimiter.key_for(Credentials("AKLTanotheraccount", "s")) != key
     assert RedisRateLimiter.key_for(credentials, "StartSegment").endswith(":StartSegment")
+
+
+async def test_other_actions_share_the_account_key_scheme(redis: Redis) -> None:
+    from rtc_segment import SegmentClient
+
+    credentials = Credentials("AKLTexampleaccesskeyid", "secret")
+    limiter = RedisRateLimiter(redis, key=RedisRateLimiter.key_for(credentials), qps=60)
+    stop = limiter.for_action("StopSegment", 150.0)
+    assert stop.key == RedisRateLimiter.key_for(credentials, "StopSegment")
+    assert stop.qps == 150.0
+    custom = RedisRateLimiter(redis, key="team-a", qps=60).for_action("StartSegment", 60.0)
+    assert custom.key == "team-a:StartSegment"
+    client = SegmentClient(credentials, limiter=limiter)
+    keys = {name: lim.key for name, lim in client._limiters.items()}  # type: ignore[attr-defined]
+    assert keys == {
+        name: RedisRateLimiter.key_for(credentials, name)
+        for name in ("GetSegmentTask", "StartSegment", "UpdateSegment", "StopSegment")
+    }
+    await client.aclose()
 
 
 def test_key_is_derived_from_the_access_key_id_for_any_credentials_object() -> None:
