@@ -9,7 +9,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import attrs
@@ -32,6 +32,10 @@ from ._envelope import JSON_HEADERS, Answer, ServiceFailure, error_body, success
 from ._faults import Fault, FaultPlan, LatencyModel, as_latency_model
 from ._record import EmulatorStats, Recorder, RequestRecord, max_in_window
 from ._state import Lifecycle, TaskHandle, TaskState, default_fields, to_ms
+
+if TYPE_CHECKING:
+    from ._server import EmulatorASGIApp
+    from ._transport import EmulatorTransport
 
 __all__ = ["DEFAULT_CREDENTIALS", "Emulator", "EmulatorRequest"]
 
@@ -540,7 +544,7 @@ class Emulator:
 
     # -- delivery ---------------------------------------------------------------------
 
-    def transport(self) -> Any:
+    def transport(self) -> EmulatorTransport:
         """An :class:`httpx.AsyncBaseTransport` that delivers requests in process (no sockets).
 
         Pass it as ``SegmentClient(transport=...)``; any endpoint URL works. Latency sleeps
@@ -552,7 +556,7 @@ class Emulator:
 
         return EmulatorTransport(self)
 
-    def asgi_app(self) -> Any:
+    def asgi_app(self) -> EmulatorASGIApp:
         """A plain ASGI application serving this emulator (what :meth:`serve` runs)."""
         from ._server import EmulatorASGIApp
 
