@@ -59,7 +59,7 @@ from ._models import (
     TaskOutcome,
 )
 from ._signing import Signer
-from ._transports import HTTP_BACKENDS, HttpBackend, aiohttp_transport
+from ._transports import HTTP_BACKENDS, DirectSender, HttpBackend, aiohttp_transport
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -330,6 +330,7 @@ class SegmentClient:
                 "User-Agent": f"rtc-segment/{__version__} httpx/{httpx.__version__}",
             },
         )
+        self._sender = DirectSender(self._http, self._base_url)
         self._closed = False
         _warm_up_http_stack()
 
@@ -748,16 +749,12 @@ class SegmentClient:
                 content_type="application/json" if method != "GET" else None,
                 now=self._clock(),
             )
-            request = httpx.Request(
-                method,
-                f"{self._base_url}/?{signed.query_string}",
-                headers=signed.headers,
-                content=body if body else None,
-            )
+            sender = self._sender
+            request = sender.request(method, signed.query_string, signed.headers, body)
             self._counters.requests_sent += 1
             started = time.perf_counter()
             try:
-                response = await self._http.send(request, stream=True)
+                response = await sender.send(request)
             except httpx.HTTPError as exc:
                 raise _Attempt(
                     _transport_error(exc, action, key),
@@ -768,13 +765,14 @@ class SegmentClient:
             finally:
                 await response.aclose()
             elapsed = time.perf_counter() - started
-        logger.debug(
-            "%s %s -> HTTP %d in %.1f ms",
-            action,
-            "" if key is None else "/".join(key),
-            response.status_code,
-            elapsed * 1000,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s -> HTTP %d in %.1f ms",
+                action,
+                "" if key is None else "/".join(key),
+                response.status_code,
+                elapsed * 1000,
+            )
         return _interpret(response, payload, action, key)
 
 
