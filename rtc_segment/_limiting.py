@@ -6,14 +6,20 @@ window holds more than ``qps`` sends -- not merely an average of ``qps`` -- and 
 little slack for the jitter between send and arrival.
 
 :class:`LocalRateLimiter` paces one process with :class:`aiolimiter.AsyncLimiter`
-configured as a bucket of capacity one that refills at ``utilization * qps`` per
-second. That spaces sends at least ``1 / (utilization * qps)`` apart, so any window
-of length ``w`` holds at most ``floor(w * utilization * qps) + 1`` sends:
+configured as a leaky bucket that drains at ``rate = utilization * qps`` per second and
+holds ``1 + WAKE_UP_SLACK`` units, each request adding one. Requests are therefore spaced
+``1 / rate`` apart on an absolute schedule:
 
-* ``w = 1 s``: at most ``qps`` sends (for ``utilization < 1``), from idle as under load;
-* the bound still holds at the server when arrivals are squeezed together by up to
-  ``(1 / utilization - 1)`` seconds -- about 10 ms at the default ``utilization`` of 0.99;
-* sustained throughput is ``utilization * qps`` -- 99 % of the ceiling.
+* The bucket being a little larger than one request lets a waiter that the event loop
+  wakes late (timers fire up to a millisecond or so late, more on a busy loop) go at once
+  without the delay being added to every later request. With a capacity of exactly one,
+  that lost time accumulates: 96 % of the ceiling at best, about 92 % measured through the
+  client on this project's 2-core machine.
+* Any window of length ``w`` holds at most ``floor(1 + WAKE_UP_SLACK + w * rate)`` sends.
+  For ``w = 1 s`` that is ``qps`` (``1.1 + 59.4 < 61`` at the defaults), from idle as under
+  load, and it stays ``qps`` while arrivals at the server are squeezed together by up to
+  ``(qps - 1 - WAKE_UP_SLACK) / rate - 1`` seconds: about 8 ms at the defaults.
+* Sustained throughput is ``rate``: 99 % of the ceiling by default.
 
 (A plain ``AsyncLimiter(60, 1)`` would admit a burst of 60 and then 60 more within the
 same second: 119 in the first sliding second from idle.)
@@ -25,7 +31,11 @@ from typing import Protocol, runtime_checkable
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["LocalRateLimiter", "RateLimiter"]
+__all__ = ["WAKE_UP_SLACK", "LocalRateLimiter", "RateLimiter"]
+
+#: Extra bucket capacity, as a fraction of one request, that absorbs late timer wake-ups
+#: (less when ``qps`` is so low that this would eat the jitter margin).
+WAKE_UP_SLACK = 0.1
 
 
 @runtime_checkable
@@ -71,8 +81,12 @@ class LocalRateLimiter:
             raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
         self._qps = float(qps)
         self._utilization = float(utilization)
-        # Capacity 1: sends are spaced, never bursted.
-        self._limiter = AsyncLimiter(1, 1.0 / (self._qps * self._utilization))
+        # The bound needs 1 + slack + rate < qps + 1; at low qps give the slack at most half
+        # of that headroom, so that the other half still absorbs arrival jitter.
+        slack = min(WAKE_UP_SLACK, (self._qps - self.rate) / 2)
+        # Sends are spaced, never bursted: the bucket holds one request plus the slack.
+        capacity = 1 + slack
+        self._limiter = AsyncLimiter(capacity, capacity / self.rate)
 
     @property
     def qps(self) -> float:
