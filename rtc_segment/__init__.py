@@ -45,10 +45,11 @@ from ._models import (
     Vendor,
     VodConfig,
 )
+from ._polling import OutcomeStream, TaskWatch, WaitTimeoutError, WatchEvent
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._redis import RedisRateLimiter
+    from ._redis import RedisLimiterStats, RedisRateLimiter
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -64,8 +65,10 @@ __all__ = [
     "CustomConfig",
     "InvalidParameterError",
     "LocalRateLimiter",
+    "OutcomeStream",
     "RateLimiter",
     "RateLimiterUnavailable",
+    "RedisLimiterStats",
     "RedisRateLimiter",
     "ResponseFormatError",
     "RtcSegmentError",
@@ -82,20 +85,23 @@ __all__ = [
     "TaskNotFoundError",
     "TaskOutcome",
     "TaskStatus",
+    "TaskWatch",
     "ThrottledError",
     "TosConfig",
     "TransportError",
     "VeImageXConfig",
     "Vendor",
     "VodConfig",
+    "WaitTimeoutError",
+    "WatchEvent",
     "__version__",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # RedisRateLimiter needs the optional `redis` package: import it only when asked for.
-    if name == "RedisRateLimiter":
-        from ._redis import RedisRateLimiter
+    if name in ("RedisRateLimiter", "RedisLimiterStats"):
+        from . import _redis
 
-        return RedisRateLimiter
+        return getattr(_redis, name)
     raise AttributeError(f"module 'rtc_segment' has no attribute {name!r}")

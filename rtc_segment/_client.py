@@ -63,7 +63,7 @@ from ._transports import HTTP_BACKENDS, DirectSender, HttpBackend, aiohttp_trans
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._polling import TaskWatch
+    from ._polling import OutcomeStream, TaskWatch
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -570,10 +570,14 @@ class SegmentClient:
         | AsyncIterator[TaskKey | tuple[str, str, str]],
         *,
         concurrency: int | None = None,
-    ) -> AsyncIterator[TaskOutcome]:
+    ) -> OutcomeStream:
         """Fetch many tasks at the ceiling; yield one :class:`TaskOutcome` per key as each ends.
 
-        See :func:`rtc_segment._polling.iter_outcomes` for the guarantees.
+        Keys (``TaskKey`` or plain 3-tuples, from any iterable or async iterable) are pulled
+        lazily; every key yields exactly one outcome, errors included. ``concurrency`` bounds
+        the requests in flight (default: enough to keep the ceiling busy). Use ``async with``
+        on the result to cancel the work in flight deterministically when leaving early.
+        See :class:`rtc_segment.OutcomeStream`.
         """
         from ._polling import iter_outcomes
 
@@ -641,12 +645,21 @@ class SegmentClient:
         keys: Iterable[TaskKey | tuple[str, str, str]],
         *,
         poll_interval: float = 5.0,
+        concurrency: int | None = None,
+        stop_when_empty: bool = True,
     ) -> TaskWatch:
-        """Watch many tasks at once; see :class:`rtc_segment.TaskWatch`."""
+        """Watch many tasks at once, yielding a :class:`rtc_segment.WatchEvent` for each
+        task's first state and every change; see :class:`rtc_segment.TaskWatch`."""
         from ._polling import TaskWatch
 
         self._check_open()
-        return TaskWatch(self, keys, poll_interval=poll_interval)
+        return TaskWatch(
+            self,
+            keys,
+            poll_interval=poll_interval,
+            concurrency=concurrency,
+            stop_when_empty=stop_when_empty,
+        )
 
     # -- the one HTTP path -----------------------------------------------------------
 
