@@ -32,7 +32,12 @@ from rtc_segment._models import TaskStatus
 from rtc_segment._transports import HTTP_BACKENDS, aiohttp_transport
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
-pytestmark = pytest.mark.parametrize("backend", HTTP_BACKENDS)
+
+@pytest.fixture(params=HTTP_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test that takes ``backend`` runs once per HTTP backend."""
+    return str(request.param)
+
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -277,3 +282,31 @@ def test_backend_transport_type(backend: str) -> None:
     client = SegmentClient(DEFAULT_CREDENTIALS, http_backend=backend)  # type: ignore[arg-type]
     default = isinstance(client._http._transport, httpx.AsyncHTTPTransport)
     assert default is (backend == "httpcore")
+
+
+async def test_the_same_headers_reach_the_wire(backend: str) -> None:
+    async with (
+        raw_server(answer("200 OK", {"Content-Length": "2"}, b"{}")) as (url, heads),
+        make_client(backend, url) as client,
+    ):
+        with pytest.raises(ResponseFormatError):
+            await client.get_segment_task("app", "room", "task")
+    lines = heads[0].decode("latin-1").split("\r\n")[1:]
+    headers = {
+        name.lower(): value for name, value in (line.split(": ", 1) for line in lines if line)
+    }
+    assert headers["accept"] == "application/json"
+    assert headers["user-agent"].startswith("rtc-segment/")
+    # What httpx itself would ask for, whichever library sends it.
+    assert headers["accept-encoding"] == httpx.AsyncClient().headers["accept-encoding"]
+    assert {"host", "x-date", "x-content-sha256", "authorization"} <= headers.keys()
+
+
+def test_fast_urls_equal_parsed_ones() -> None:
+    from rtc_segment._transports import _url_maker
+
+    for root in ("http://127.0.0.1:8080/", "https://rtc.volcengineapi.com/", "http://[::1]:9/"):
+        make = _url_maker(httpx.URL(root))
+        for query in ("Action=GetSegmentTask&AppId=a%40b&TaskId=t.-_~", "A=%E4%BD%A0&B="):
+            assert make(query) == httpx.URL(f"{root}?{query}")
+            assert make(query).raw_path == httpx.URL(f"{root}?{query}").raw_path
