@@ -286,10 +286,14 @@ async def section_sequential(table: Table, sizes: Sizes, server: EmulatorProcess
                 f"ours, {backend}",
                 f"{ours_b:.0f} µs",
                 f"official Service.get {official:.0f} µs",
-                f"{official / ours_b:.2f}x faster",
+                _faster_or_slower(official / ours_b),
                 "faster than official" if backend == fastest else "",
                 official > ours if backend == fastest else None,
             )
+
+
+def _faster_or_slower(speedup: float) -> str:
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
 
 
 async def _ours_throughput(url: str, backend: str, keys: list[TaskKey]) -> float:
