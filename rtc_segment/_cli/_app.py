@@ -92,8 +92,8 @@ def _ctrl_c(context: Context) -> Iterator[None]:
     """The first Ctrl-C sets ``context.interrupt``; the next one raises KeyboardInterrupt.
 
     Only in the main thread of a loop that supports signal handlers (not Windows); elsewhere
-    Ctrl-C keeps its default behaviour. ``context.claim_ctrl_c`` re-installs the handler after
-    code that replaced it (uvicorn takes SIGINT over while it serves the emulator).
+    Ctrl-C keeps its default behaviour. The emulator's server, embedded in this loop by
+    ``demo`` and ``emulator``, leaves the handler alone.
     """
     loop = asyncio.get_running_loop()
     if threading.current_thread() is not threading.main_thread():
@@ -108,16 +108,12 @@ def _ctrl_c(context: Context) -> Iterator[None]:
             raise KeyboardInterrupt
         context.interrupt.set()
 
-    def claim() -> None:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-
     previous = signal.getsignal(signal.SIGINT)
     try:
-        claim()
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
     except (NotImplementedError, RuntimeError, ValueError):
         yield
         return
-    context.claim_ctrl_c = claim
     try:
         yield
     finally:

@@ -8,7 +8,7 @@ import contextlib
 import io
 import os
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, TextIO
 
 import attrs
@@ -35,14 +35,11 @@ class Context:
         interrupt: Set on the first Ctrl-C: long commands stop and print their summary.
         transport: An httpx transport for every client the command makes (tests use the
             emulator's, so no socket is opened); ``None`` for the network.
-        claim_ctrl_c: Makes Ctrl-C set ``interrupt`` again, after something took the signal
-            over (uvicorn does while it serves).
     """
 
     terminal: Terminal
     interrupt: asyncio.Event = attrs.field(factory=asyncio.Event)
     transport: httpx.AsyncBaseTransport | None = None
-    claim_ctrl_c: Callable[[], None] = lambda: None
 
 
 def make_client(args: argparse.Namespace, context: Context) -> SegmentClient:

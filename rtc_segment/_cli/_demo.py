@@ -48,7 +48,6 @@ async def command_demo(args: argparse.Namespace, context: Context) -> int:
     emulator = Emulator(qps=DEMO_QPS, seed=0)
     keys = emulator.seed_rooms(args.rooms)
     async with emulator.serve(port=0) as base_url:
-        context.claim_ctrl_c()  # uvicorn took SIGINT over when it started
 
         def say(message: str) -> None:
             terminal.out.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -208,7 +207,6 @@ async def command_emulator(args: argparse.Namespace, context: Context) -> int:
     except OSError as exc:
         raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
     try:
-        context.claim_ctrl_c()  # uvicorn took SIGINT over when it started
         _announce(terminal, base_url, args, keys)
         await context.interrupt.wait()
     finally:

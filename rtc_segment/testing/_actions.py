@@ -3,9 +3,25 @@
 Each action is an :class:`ActionSpec`: its HTTP method, its documented QPS ceiling and a
 handler. A handler gets an :class:`ActionCall` (the parameters -- query string for GET, the
 JSON body's top-level object for POST -- and access to the emulator's state) and returns
-the ``Result`` to send, or raises ``ServiceFailure``. Adding StartSegment & co. means
-adding a handler and a line to :data:`ACTIONS`; routing, signature checks, throttling,
-faults and recording are shared.
+the ``Result`` to send, or raises ``ServiceFailure``. Routing, signature checks, throttling,
+faults and recording are shared; an action is a handler and a line in :data:`ACTIONS`.
+
+The segment family (2022-06-01):
+
+- **StartSegment** creates a running task (``StartTime`` = now) with the given fields.
+  ``InvalidParameter.TaskAlreadyExists`` while a task with that key has not ended (running
+  or not started). Starting the id of an *ended or failed* task is accepted and starts a
+  new task under that key, which replaces the old one (GetSegmentTask then reports the new
+  run): ids name a task slot, not a single run.
+- **UpdateSegment** changes ``Identifier``, ``Handle`` and/or ``Duration`` of a task that has
+  not ended; a body with none of them is accepted and changes nothing.
+- **StopSegment** ends a task that has not ended: ``ENDED``, ``StopByAPI``, ``EndTime`` = now.
+- Update and stop of a missing or ended task answer
+  ``InvalidParameter.ErrorActiveTaskNotFound``; invalid bodies ``InvalidParameter`` with a
+  message naming the field (see ``_requests``).
+
+Third-party storage keys (``CustomConfig.AccessKey``/``SecretKey``) are kept with the task
+but never returned, recorded or put into a message.
 """
 
 from __future__ import annotations
@@ -17,8 +33,19 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._converter import unstructure
-from .._models import SegmentTask, TaskKey
+from .._models import SegmentTask, StopReason, TaskKey, TaskStatus
 from ._envelope import ServiceFailure, invalid_parameter, missing_parameter
+from ._requests import (
+    DURATION_RANGE,
+    MAX_IDLE_TIME_RANGE,
+    optional_bool,
+    optional_id,
+    optional_int,
+    parse_control,
+    parse_storage_config,
+    parse_target_streams,
+)
+from ._state import TaskState
 
 if TYPE_CHECKING:
     from ._emulator import Emulator
@@ -82,11 +109,11 @@ def check_ids(app_id: str, room_id: str, task_id: str) -> TaskKey:
     return TaskKey(app_id, room_id, task_id)
 
 
-def task_not_found(key: TaskKey) -> ServiceFailure:
+def task_not_found(key: TaskKey, why: str = "started more than 72 hours ago") -> ServiceFailure:
     """The documented "no such task" error (HTTP 400, see ``_envelope``)."""
     return invalid_parameter(
         f"The task {key.task_id!r} of room {key.room_id!r} in app {key.app_id!r} does not exist "
-        "or started more than 72 hours ago",
+        f"or {why}",
         "InvalidParameter.ErrorActiveTaskNotFound",
     )
 
@@ -133,7 +160,113 @@ def get_segment_task(call: ActionCall) -> Any:
     return {"SegmentTask": task_json(state.task)}
 
 
+#: What Start, Update and Stop answer on success (facts §3.1).
+OK = "ok"
+
+
+def _active_task(call: ActionCall) -> TaskState:
+    """The task a Start/Update/Stop body names, if it has not ended; else not found."""
+    key = check_ids(*call.require("AppId", "RoomId", "TaskId"))
+    optional_id(call.params, "BusinessId")
+    emulator = call.emulator
+    state = emulator._tasks.get(key)
+    if state is not None:
+        emulator._advance(state)
+        if not state.task.is_terminal:
+            return state
+    raise task_not_found(key, "has already ended")
+
+
+def start_segment(call: ActionCall) -> Any:
+    """StartSegment 2022-06-01: a new running task with the body's fields."""
+    params = call.params
+    key = check_ids(*call.require("AppId", "RoomId", "TaskId"))
+    optional_id(params, "BusinessId")
+    max_idle_time = optional_int(params, "MaxIdleTime", MAX_IDLE_TIME_RANGE)
+    duration = optional_int(params, "Duration", DURATION_RANGE)
+    handle = optional_bool(params, "Handle")
+    identifier = optional_id(params, "Identifier")
+    target_streams = parse_target_streams(params)
+    control = parse_control(params)
+    storage_config = parse_storage_config(params)
+    emulator = call.emulator
+    existing = emulator._tasks.get(key)
+    if existing is not None:
+        emulator._advance(existing)
+        if not existing.task.is_terminal:
+            raise invalid_parameter(
+                f"The task {key.task_id!r} of room {key.room_id!r} already exists and has not "
+                "ended",
+                "InvalidParameter.TaskAlreadyExists",
+            )
+    if call.dry:
+        return OK
+    now_ms = emulator._wall_ms()
+    task = SegmentTask(
+        start_time=now_ms,
+        end_time=0,
+        status=TaskStatus.RUNNING,
+        stop_reason=None,
+        max_idle_time=180 if max_idle_time is None else max_idle_time,
+        target_streams=target_streams,
+        duration=20 if duration is None else duration,
+        identifier=identifier,
+        handle=True if handle is None else handle,
+        control=control,
+        storage_config=storage_config,
+    )
+    # Re-inserted, so a restarted id moves to the end of ``task_keys`` like a new task.
+    emulator._tasks.pop(key, None)
+    emulator._tasks[key] = TaskState(
+        key=key, task=task, added_at=emulator._now(), registered_ms=now_ms, lifecycle=None
+    )
+    return OK
+
+
+def update_segment(call: ActionCall) -> Any:
+    """UpdateSegment 2022-06-01: change Identifier, Handle and/or Duration of an active task."""
+    state = _active_task(call)
+    params = call.params
+    changes: dict[str, Any] = {}
+    identifier = optional_id(params, "Identifier")
+    if identifier is not None:
+        changes["identifier"] = identifier
+    handle = optional_bool(params, "Handle")
+    if handle is not None:
+        changes["handle"] = handle
+    duration = optional_int(params, "Duration", DURATION_RANGE)
+    if duration is not None:
+        changes["duration"] = duration
+    if changes and not call.dry:
+        state.task = attrs.evolve(state.task, **changes)
+    return OK
+
+
+def stop_segment(call: ActionCall) -> Any:
+    """StopSegment 2022-06-01: end an active task (``ENDED``, ``StopByAPI``, EndTime now)."""
+    state = _active_task(call)
+    if call.dry:
+        return OK
+    emulator = call.emulator
+    now_ms = emulator._wall_ms()
+    task = state.task
+    state.lifecycle = None  # stopped now: whatever was scheduled no longer happens
+    state.task = attrs.evolve(
+        task,
+        status=TaskStatus.ENDED,
+        stop_reason=StopReason.STOP_BY_API,
+        start_time=task.start_time or now_ms,  # stopped before it ever ran
+        end_time=now_ms,
+    )
+    return OK
+
+
 ACTIONS: dict[tuple[str, str], ActionSpec] = {
     (spec.name, spec.version): spec
-    for spec in (ActionSpec("GetSegmentTask", "2022-06-01", "GET", 60.0, get_segment_task),)
+    for spec in (
+        ActionSpec("GetSegmentTask", "2022-06-01", "GET", 60.0, get_segment_task),
+        ActionSpec("StartSegment", "2022-06-01", "POST", 60.0, start_segment),
+        ActionSpec("UpdateSegment", "2022-06-01", "POST", 150.0, update_segment),
+        ActionSpec("StopSegment", "2022-06-01", "POST", 150.0, stop_segment),
+    )
 }

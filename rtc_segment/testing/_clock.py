@@ -2,9 +2,12 @@
 
 The monotonic clock follows the running event loop's ``loop.time()`` -- so that looptime's
 virtual time drives lifecycles, the QPS window and latency in tests -- and falls back to
-:func:`time.monotonic` outside a loop. When the emulator is used from another loop (a new
-test, or ``asyncio.run`` after seeding), the clock continues from where it was instead of
-jumping to the new loop's origin, so schedules made earlier stay meaningful.
+:func:`time.monotonic` outside a loop. When the time source changes (another loop: a new
+test, or ``asyncio.run`` after seeding) or the same loop's time goes *backwards* (looptime
+switches a loop from real to virtual time, which starts at 0, when the test body starts --
+after an async fixture already read the real time), the clock re-bases: it carries on from
+the last value it gave out, so it never runs backwards, never freezes, and schedules made
+earlier stay meaningful.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import weakref
 
 
 class StitchedClock:
-    """Monotonic seconds from the running loop's clock, continuous across loops."""
+    """Monotonic seconds from the running loop's clock, continuous across time sources."""
 
-    __slots__ = ("_base_source", "_base_value", "_last", "_source")
+    __slots__ = ("_base_source", "_base_value", "_last", "_last_source", "_source")
 
     def __init__(self) -> None:
         self._source: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._base_source = time.monotonic()
         self._base_value = 0.0
         self._last = 0.0
+        self._last_source = self._base_source
 
     def __call__(self) -> float:
         try:
@@ -32,11 +36,13 @@ class StitchedClock:
             loop = None
         source_now = loop.time() if loop is not None else time.monotonic()
         current = self._source() if self._source is not None else None
-        if current is not loop:
-            # A different time source: carry on from the last value we gave out.
+        if current is not loop or source_now < self._last_source:
+            # A different time source, or the same one restarted from an earlier origin:
+            # carry on from the last value we gave out.
             self._source = weakref.ref(loop) if loop is not None else None
             self._base_source = source_now
             self._base_value = self._last
+        self._last_source = source_now
         value = self._base_value + (source_now - self._base_source)
         if value > self._last:
             self._last = value

@@ -86,7 +86,7 @@ def _credential_list(credentials: Credentials | Iterable[Credentials] | None) ->
 
 
 class Emulator:
-    """A local stand-in of the Volcengine RTC segment API (GetSegmentTask 2022-06-01).
+    """A local stand-in of the Volcengine RTC segment API (the 2022-06-01 segment family).
 
     It answers with the real envelope, verifies every request's V4 signature, enforces the
     per-account QPS ceiling, serves the tasks you register (with lifecycles), injects the

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._emulator import EmulatorRequest
@@ -107,9 +108,31 @@ def _base_url(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
+@functools.cache
+def _server_class(*, own_signals: bool) -> Any:
+    """``uvicorn.Server``, or a subclass that leaves the process's signal handlers alone.
+
+    ``Server.serve()`` installs its own SIGINT/SIGTERM handlers and, when it stops after a
+    signal, raises that signal again. That is right for a process that is the server, and
+    wrong for one embedded in the caller's event loop: the caller's Ctrl-C handling would
+    stop working while the emulator serves, and a Ctrl-C would then be delivered twice.
+    """
+    import uvicorn
+
+    if own_signals:
+        return uvicorn.Server
+
+    class EmbeddedServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return EmbeddedServer
+
+
 @contextlib.asynccontextmanager
 async def _running(
-    emulator: Emulator, host: str, port: int
+    emulator: Emulator, host: str, port: int, *, own_signals: bool = False
 ) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
     try:
         import uvicorn
@@ -126,7 +149,7 @@ async def _running(
         log_level="warning",
         timeout_keep_alive=30,
     )
-    server = uvicorn.Server(config)
+    server = _server_class(own_signals=own_signals)(config)
     hide = _HideDeliberateDrops()
     error_logger = logging.getLogger("uvicorn.error")
     error_logger.addFilter(hide)
@@ -150,7 +173,11 @@ async def _running(
 async def serve(
     emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
-    """Serve ``emulator`` on ``host:port`` while the context is open; yields the base URL."""
+    """Serve ``emulator`` on ``host:port`` while the context is open; yields the base URL.
+
+    The server runs inside the caller's event loop and leaves signal handling to the caller
+    (a Ctrl-C reaches the application, not uvicorn).
+    """
     async with _running(emulator, host, port) as (url, _task):
         yield url
 
@@ -173,7 +200,8 @@ def run_emulator(
     """
 
     async def main() -> None:
-        async with _running(emulator, host, port) as (url, task):
+        # This process *is* the server: uvicorn's own Ctrl-C/SIGTERM handling stops it.
+        async with _running(emulator, host, port, own_signals=True) as (url, task):
             if on_ready is not None:
                 on_ready(url)
             await asyncio.shield(task)
