@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,12 +14,12 @@ KEY = ("app", "room", "task")
 
 
 @pytest.fixture
-async def emulator_from_async_fixture() -> AsyncIterator[Emulator]:
+async def emulator_from_async_fixture() -> Emulator:
     """Made while the loop still runs on real time: looptime switches to virtual time (which
     starts at 0) only for the test body, so the loop's clock goes backwards in between."""
     emulator = Emulator()
     emulator.add_task(*KEY)
-    yield emulator
+    return emulator
 
 
 @pytest.mark.looptime
