@@ -1,4 +1,6 @@
-"""The ``rtc-segment`` command (extra ``cli``): get, poll, watch, emulator, demo.
+"""The ``rtc-segment`` command (extra ``cli``).
+
+Subcommands: get, poll, watch, start, update, stop, emulator, demo.
 
 Run ``rtc-segment --help``. The implementation lives in :mod:`rtc_segment._cli`; this module
 is the console-script entry point and the one place that checks the extra is installed.

@@ -1,5 +1,6 @@
 """Dispatch: parse the command line, set up logging and Ctrl-C, run one command, map errors
-to exit statuses (0 ok, 1 some keys failed, 2 usage/configuration, 130 interrupted)."""
+to exit statuses (0 ok, 1 some keys (or the action) failed, 2 usage/configuration,
+130 interrupted)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _commands() -> dict[str, _Command]:
+    from ._actions import command_start, command_stop, command_update
     from ._demo import command_demo, command_emulator
     from ._watch import command_watch
 
@@ -36,6 +38,9 @@ def _commands() -> dict[str, _Command]:
         "get": command_get,
         "poll": command_poll,
         "watch": command_watch,
+        "start": command_start,
+        "update": command_update,
+        "stop": command_stop,
         "demo": command_demo,
         "emulator": command_emulator,
     }

@@ -14,8 +14,8 @@ DEMO_ROOMS = 600
 
 _DESCRIPTION = """\
 Query Volcengine RTC segment tasks (GetSegmentTask): one task, thousands at the 60 QPS
-ceiling, or watch them until they end. `rtc-segment demo` shows it all on a local emulator,
-no account needed.
+ceiling, or watch them until they end; start, update and stop them. `rtc-segment demo`
+shows it all on a local emulator, no account needed.
 
 Credentials come from VOLC_ACCESSKEY / VOLC_SECRETKEY (/ VOLC_SESSION_TOKEN), then from
 ~/.volc/credentials, never from a command-line value (use --secret-key-stdin to pipe one in).
@@ -118,7 +118,7 @@ def _input_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``rtc-segment`` parser with its five subcommands."""
+    """The ``rtc-segment`` parser with its eight subcommands."""
     common, client = _common(), _client_options()
     parser = argparse.ArgumentParser(
         prog="rtc-segment",
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the seeded keys as CSV, ready for `poll --input FILE`",
     )
 
+    _action_parsers(commands, common, client)
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -206,3 +208,180 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--watch", type=_non_negative_int, default=5, help="tasks to watch (5)")
     return parser
+
+
+# -- start, update, stop --------------------------------------------------------------------
+
+#: ``--storage-type`` names and the ``--vendor`` names of third-party storage (facts §6.1).
+STORAGE_TYPES = ("tos", "vod", "custom", "veimagex")
+VENDORS = {"s3": 0, "oss": 1, "obs": 2, "cos": 3, "kodo": 4}
+_STREAM_TYPES = {"normal": 0, "screen": 1}
+
+
+def _int_text(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _vendor(text: str) -> int:
+    if text.lower() in VENDORS:
+        return VENDORS[text.lower()]
+    try:
+        return _non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        names = ", ".join(VENDORS)
+        raise argparse.ArgumentTypeError(
+            f"not a vendor: {text!r} (use {names} or a number)"
+        ) from None
+
+
+def parse_stream(text: str) -> tuple[int, str, int]:
+    """``INDEX:USER_ID[:TYPE]`` (TYPE ``normal``/``screen`` or 0/1) as ``(index, user, type)``.
+
+    The user id itself cannot hold a colon: ids are ``[A-Za-z0-9_@.-]``.
+    """
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise argparse.ArgumentTypeError(f"expected INDEX:USER_ID[:TYPE], got {text!r}")
+    index = _non_negative_int(parts[0])
+    kind = 0
+    if len(parts) == 3:
+        name = parts[2].lower()
+        if name in _STREAM_TYPES:
+            kind = _STREAM_TYPES[name]
+        elif name in ("0", "1"):
+            kind = int(name)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"stream type must be normal, screen, 0 or 1, got {parts[2]!r}"
+            )
+    return index, parts[1], kind
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app-id", required=True)
+    parser.add_argument("--room-id", required=True)
+    parser.add_argument("--task-id", required=True)
+    parser.add_argument("--business-id", help="business tag of the task")
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON line (the default outside a terminal)"
+    )
+
+
+def _action_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    client: argparse.ArgumentParser,
+) -> None:
+    start = commands.add_parser(
+        "start",
+        parents=[common, client],
+        help="start a segment task (StartSegment)",
+        description=(
+            "Start an audio-segment task. Prints a confirmation on a terminal, a JSON line "
+            "otherwise. A start whose answer was lost is checked with GetSegmentTask, never "
+            "sent twice blindly."
+        ),
+    )
+    _key_options(start)
+    slicing = start.add_argument_group("slicing")
+    slicing.add_argument(
+        "--duration", type=_int_text, default=20, metavar="S", help="slice length, 1-600 s (20)"
+    )
+    slicing.add_argument(
+        "--max-idle-time",
+        type=_int_text,
+        default=180,
+        metavar="S",
+        help="end the task after this long without audio, 1-86400 s (180)",
+    )
+    slicing.add_argument(
+        "--no-handle",
+        dest="handle",
+        action="store_false",
+        help="start without slicing (turn it on later with update --handle)",
+    )
+    slicing.add_argument("--identifier", help="file-name prefix of the slices")
+    slicing.add_argument(
+        "--stream",
+        dest="streams",
+        action="append",
+        type=parse_stream,
+        default=[],
+        metavar="INDEX:USER_ID[:TYPE]",
+        help="a stream to slice (repeatable, at most 17; TYPE normal or screen); "
+        "none: every stream in the room",
+    )
+    slicing.add_argument("--align", action="store_true", help="align slices across users")
+    slicing.add_argument("--mixed", action="store_true", help="also slice the mixed audio")
+    slicing.add_argument("--ignore-silence", action="store_true", help="skip silent slices")
+    slicing.add_argument(
+        "--redundant-duration",
+        type=_non_negative_int,
+        metavar="MS",
+        help="milliseconds of the previous slice repeated at the start of the next",
+    )
+    storage = start.add_argument_group(
+        "storage",
+        "tos: --account-id --bucket; vod: --account-id --space; veimagex: --account-id "
+        "--service-id; custom: --vendor --bucket --custom-access-key "
+        "--custom-secret-key-stdin (with --secret-key-stdin too, the API secret is the first "
+        "line of stdin and the storage secret the second)",
+    )
+    storage.add_argument(
+        "--storage-type", choices=STORAGE_TYPES, default="tos", help="where slices go (tos)"
+    )
+    storage.add_argument("--account-id", help="Volcengine account id (tos, vod, veimagex)")
+    storage.add_argument("--bucket", help="bucket (tos, custom)")
+    storage.add_argument("--space", help="VOD space (vod)")
+    storage.add_argument("--service-id", help="veImageX service id (veimagex)")
+    storage.add_argument(
+        "--vendor",
+        type=_vendor,
+        help=f"third-party vendor: {', '.join(VENDORS)} or its number (custom; default s3)",
+    )
+    storage.add_argument(
+        "--storage-region",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="region number from the service's region table (0)",
+    )
+    storage.add_argument("--custom-access-key", help="access key of the third-party storage")
+    storage.add_argument(
+        "--custom-secret-key-stdin",
+        action="store_true",
+        help="read the third-party storage's secret key from stdin (never pass it as a value)",
+    )
+
+    update = commands.add_parser(
+        "update",
+        parents=[common, client],
+        help="change a running task (UpdateSegment)",
+        description="Change the identifier, slicing on/off or slice length of a running task.",
+    )
+    _key_options(update)
+    update.add_argument("--identifier", help="new file-name prefix")
+    update.add_argument(
+        "--handle",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="turn slicing on (--handle) or off (--no-handle)",
+    )
+    update.add_argument(
+        "--duration",
+        type=_int_text,
+        metavar="S",
+        help="new slice length, 1-600 s (restarts the slice timer)",
+    )
+
+    stop = commands.add_parser(
+        "stop",
+        parents=[common, client],
+        help="stop a task (StopSegment)",
+        description="Stop a running task. A stop retried after its answer was lost, which "
+        "then finds the task already stopped, counts as done.",
+    )
+    _key_options(stop)

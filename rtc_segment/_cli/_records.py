@@ -15,7 +15,7 @@ from .._converter import task_to_dict
 from .._errors import ApiError, RtcSegmentError
 from .._models import SegmentTask, TaskKey
 
-__all__ = ["INPUT_ERROR", "dumps", "error_dict", "key_record", "task_record"]
+__all__ = ["INPUT_ERROR", "action_record", "dumps", "error_dict", "key_record", "task_record"]
 
 #: The error ``type`` of an input line that could not be read.
 INPUT_ERROR = "InputError"
@@ -41,6 +41,14 @@ def task_record(line: int | None, key: TaskKey, task: SegmentTask) -> dict[str, 
     record = key_record(line, key)
     record["status"] = task.status.name
     record["task"] = task_to_dict(task)
+    return record
+
+
+def action_record(action: str, key: TaskKey, *, ok: bool) -> dict[str, Any]:
+    """The record of ``start``/``update``/``stop``: the action, the key's ids and ``ok``."""
+    record: dict[str, Any] = {"action": action}
+    record.update(key_record(None, key))
+    record["ok"] = ok
     return record
 
 

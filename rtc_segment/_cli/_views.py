@@ -14,7 +14,7 @@ from rich.text import Text
 from .._client import ClientStats
 from .._models import SegmentTask, StorageConfig, StorageType, TaskKey, TaskStatus
 
-__all__ = ["Tally", "summary_view", "task_view"]
+__all__ = ["Tally", "action_confirmation", "summary_view", "task_view"]
 
 _STATUS_STYLE = {
     TaskStatus.RUNNING: "bold green",
@@ -122,6 +122,15 @@ def task_view(key: TaskKey, task: SegmentTask, *, now: datetime | None = None) -
         )
         grid.add_row("Control", Text(f"{flags}, redundant {control.redundant_duration} ms"))
     return grid
+
+
+def action_confirmation(action: str, done: str, key: TaskKey) -> RenderableType:
+    """One line confirming a start/update/stop: ``✓ started app / room / task (StartSegment)``."""
+    return Text.assemble(
+        ("✓ ", "bold green"),
+        f"{done} {key.app_id} / {key.room_id} / {key.task_id}",
+        (f" ({action})", "dim"),
+    )
 
 
 @attrs.define
