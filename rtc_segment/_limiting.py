@@ -36,6 +36,27 @@ __all__ = ["WAKE_UP_SLACK", "LocalRateLimiter", "RateLimiter"]
 #: Extra bucket capacity, as a fraction of one request, that absorbs late timer wake-ups
 #: (less when ``qps`` is so low that this would eat the jitter margin).
 WAKE_UP_SLACK = 0.1
+# A wake-up this close to its due time counts as on time (see _Bucket).
+_EARLY_TOLERANCE_SECONDS = 1e-6
+
+
+class _Bucket(AsyncLimiter):
+    """``AsyncLimiter`` that forgives a wake-up a clock tick early.
+
+    asyncio runs a timer that is due within the clock's resolution, and looptime rounds the
+    loop's time to 1 us. The bucket then has not quite drained when its waiter wakes, so
+    aiolimiter sets a timer for the sliver left -- due "now" again. On a clock that does not
+    move until the loop is idle (looptime) that repeats forever; on a coarse clock (Windows,
+    ~16 ms) it spins until the clock ticks. A sliver worth under a microsecond is drained.
+    """
+
+    __slots__ = ()
+
+    def _leak(self) -> None:
+        super()._leak()
+        excess = self._level + 1 - self.max_rate
+        if 0 < excess <= self._rate_per_sec * _EARLY_TOLERANCE_SECONDS:
+            self._level -= excess
 
 
 @runtime_checkable
@@ -86,7 +107,7 @@ class LocalRateLimiter:
         slack = min(WAKE_UP_SLACK, (self._qps - self.rate) / 2)
         # Sends are spaced, never bursted: the bucket holds one request plus the slack.
         capacity = 1 + slack
-        self._limiter = AsyncLimiter(capacity, capacity / self.rate)
+        self._limiter = _Bucket(capacity, capacity / self.rate)
 
     @property
     def qps(self) -> float:
