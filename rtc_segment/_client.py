@@ -11,6 +11,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -176,6 +177,14 @@ class _Counters:
 
 
 def _parse_retry_after(headers: httpx.Headers) -> float | None:
+    seconds = _retry_after_seconds(headers)
+    # NaN or infinity would end up in asyncio timers (and ThrottledError.retry_after).
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _retry_after_seconds(headers: httpx.Headers) -> float | None:
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
@@ -327,6 +336,9 @@ class SegmentClient:
             follow_redirects=False,
             headers={
                 "Accept": "application/json",
+                # Decompressing is where a tiny answer becomes gigabytes (the size cap
+                # counts decoded bytes); the answers are small, so ask for them plain.
+                "Accept-Encoding": "identity",
                 "User-Agent": f"rtc-segment/{__version__} httpx/{httpx.__version__}",
             },
         )
@@ -838,6 +850,18 @@ def _transport_error(exc: httpx.HTTPError, action: str, key: TaskKey | None) -> 
 
 
 async def _read_capped(response: httpx.Response, action: str, key: TaskKey | None) -> bytes:
+    encoding = response.headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise _Attempt(
+            ResponseFormatError(
+                f"the answer is compressed ({encoding[:40]!r}) although it was asked for "
+                "uncompressed; it is not inflated, as it could be of any size",
+                action=action,
+                key=key,
+                http_status=response.status_code,
+            ),
+            sent=True,
+        )
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
         raise _Attempt(

@@ -297,8 +297,8 @@ async def test_the_same_headers_reach_the_wire(backend: str) -> None:
     }
     assert headers["accept"] == "application/json"
     assert headers["user-agent"].startswith("rtc-segment/")
-    # What httpx itself would ask for, whichever library sends it.
-    assert headers["accept-encoding"] == httpx.AsyncClient().headers["accept-encoding"]
+    # Uncompressed answers only, whichever library sends it (no decompression bombs).
+    assert headers["accept-encoding"] == "identity"
     assert {"host", "x-date", "x-content-sha256", "authorization"} <= headers.keys()
 
 
