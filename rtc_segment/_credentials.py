@@ -41,13 +41,24 @@ def _require_text(name: str) -> Any:
             raise TypeError(f"{name} must be a str, not {type(value).__name__}")
         if not value:
             raise ValueError(f"{name} must not be empty")
+        _check_printable(name, value)
 
     return validate
+
+
+def _check_printable(name: str, value: str) -> None:
+    # Keys and tokens are printable ASCII without spaces. Whitespace is a copy-paste slip
+    # (a trailing newline from a file), and a CR/LF in a value sent as a header could
+    # inject headers. The message never shows the value.
+    if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{name} must be printable ASCII without whitespace")
 
 
 def _validate_token(_instance: object, _attribute: object, value: str | None) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"session_token must be a str or None, not {type(value).__name__}")
+    if value is not None:
+        _check_printable("session_token", value)
 
 
 def _normalise_token(value: str | None) -> str | None:

@@ -161,8 +161,10 @@ datetimes = st.datetimes(
 hosts = st.sampled_from(
     ["rtc.volcengineapi.com", "rtc.volcengineapi.com:443", "example.com:80", "127.0.0.1:8080"]
 )
-secrets = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
-tokens = st.one_of(st.just(""), st.text(st.characters(codec="utf-8"), min_size=1, max_size=40))
+# Credentials accept printable ASCII without whitespace (what real keys and tokens are).
+_KEY_CHARS = "".join(map(chr, range(0x21, 0x7F)))
+secrets = st.text(_KEY_CHARS, min_size=1, max_size=40)
+tokens = st.one_of(st.just(""), st.text(_KEY_CHARS, min_size=1, max_size=40))
 access_keys = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=24)
 
 
