@@ -89,6 +89,8 @@ MAX_RESPONSE_BYTES = 1 << 20
 _SERVICE = "rtc"
 # The service's id rule (facts §1): 1-128 characters from [A-Za-z0-9_@.-].
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_@.\-]{1,128}")
+# It is signed into the credential scope: lower-case words and digits joined by hyphens.
+_REGION_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _EXCERPT_BYTES = 200
 
 
@@ -291,8 +293,12 @@ class SegmentClient:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._credentials = Credentials.resolve(credentials)
-        if not isinstance(region, str) or not region:
-            raise ValueError("region must be a non-empty str, e.g. 'cn-north-1'")
+        if not isinstance(region, str) or _REGION_PATTERN.fullmatch(region) is None:
+            raise ValueError(f"region must be a region name such as 'cn-north-1', got {region!r}")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be a Backoff or None, not {type(backoff).__name__}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning a datetime, not {clock!r}")
         self._base_url, self._host = _check_endpoint(endpoint, allow_insecure_http)
         self._region = region
         if limiter is None:
@@ -821,7 +827,7 @@ def _check_endpoint(endpoint: str, allow_insecure_http: bool) -> tuple[str, str]
         )
     if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
         raise ValueError(
-            f"refusing plain http:// to non-loopback host {url.host!r}: requests carry "
+            f"endpoint: refusing plain http:// to non-loopback host {url.host!r}: requests carry "
             "signatures; use https:// or pass allow_insecure_http=True"
         )
     netloc = url.netloc.decode("ascii")
