@@ -367,14 +367,18 @@ async def test_the_emulator_rejects_invalid_start_bodies_naming_the_field(
     assert emulator.count(action="StartSegment", error_code=error["Code"]) == 1
 
 
-async def test_the_emulator_rejects_invalid_update_bodies() -> None:
+@pytest.mark.parametrize("task_id", ["task", "missing"])
+async def test_the_emulator_rejects_invalid_update_bodies_before_looking_for_the_task(
+    task_id: str,
+) -> None:
     emulator = Emulator()
     emulator.add_task(*KEY)
-    body = {"AppId": "app", "RoomId": "room", "TaskId": "task", "Duration": 0}
+    body = {"AppId": "app", "RoomId": "room", "TaskId": task_id, "Duration": 0, "Handle": True}
     response = await raw_post(emulator, "UpdateSegment", json.dumps(body).encode())
     assert response.status_code == 400
+    assert _error(response)["Code"] == "InvalidParameter"
     assert "Duration" in _error(response)["Message"]
-    assert emulator.task(*KEY).task.duration == 20  # unchanged
+    assert emulator.task(*KEY).task.duration == 20  # nothing changed, not even Handle
 
 
 @pytest.mark.parametrize(

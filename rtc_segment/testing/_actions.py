@@ -225,18 +225,16 @@ def start_segment(call: ActionCall) -> Any:
 
 def update_segment(call: ActionCall) -> Any:
     """UpdateSegment 2022-06-01: change Identifier, Handle and/or Duration of an active task."""
-    state = _active_task(call)
     params = call.params
-    changes: dict[str, Any] = {}
-    identifier = optional_id(params, "Identifier")
-    if identifier is not None:
-        changes["identifier"] = identifier
-    handle = optional_bool(params, "Handle")
-    if handle is not None:
-        changes["handle"] = handle
-    duration = optional_int(params, "Duration", DURATION_RANGE)
-    if duration is not None:
-        changes["duration"] = duration
+    check_ids(*call.require("AppId", "RoomId", "TaskId"))
+    # The body is checked before the task is looked up, as StartSegment does.
+    given: dict[str, Any] = {
+        "identifier": optional_id(params, "Identifier"),
+        "handle": optional_bool(params, "Handle"),
+        "duration": optional_int(params, "Duration", DURATION_RANGE),
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    state = _active_task(call)
     if changes and not call.dry:
         state.task = attrs.evolve(state.task, **changes)
     return OK
