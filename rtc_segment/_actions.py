@@ -115,24 +115,31 @@ def _target_streams(value: object) -> TargetStreams | None:
     return TargetStreams(stream_list=streams)
 
 
+# For each storage type: the config object it needs, and the fields that object must set
+# (the docs: "当 Type = 0 时，需正确设置 TosConfig 的值，否则请求会报错", and alike).
 _CONFIG_FOR_TYPE = {
-    StorageType.TOS: "tos_config",
-    StorageType.VOD: "vod_config",
-    StorageType.CUSTOM: "custom_config",
-    StorageType.VEIMAGEX: "veimagex_config",
+    StorageType.TOS: ("tos_config", ("account_id", "bucket")),
+    StorageType.VOD: ("vod_config", ("account_id", "space")),
+    StorageType.CUSTOM: ("custom_config", ("bucket", "access_key", "secret_key")),
+    StorageType.VEIMAGEX: ("veimagex_config", ("account_id", "service_id")),
 }
 
 
 def _storage_config(value: object) -> StorageConfig:
     if not isinstance(value, StorageConfig):
         raise TypeError(f"storage_config must be StorageConfig, not {type(value).__name__}")
-    needed = _CONFIG_FOR_TYPE.get(value.type)
-    if needed is None:
+    spec = _CONFIG_FOR_TYPE.get(value.type)
+    if spec is None:
         raise ValueError(f"storage_config.type {value.type!r} is not a storage type we know")
-    if getattr(value, needed) is None:
+    needed, fields = spec
+    config = getattr(value, needed)
+    if config is None:
         raise ValueError(
             f"storage_config.type is {value.type.name}, so storage_config.{needed} must be set"
         )
+    for field in fields:
+        if not getattr(config, field):
+            raise ValueError(f"storage_config.{needed}.{field} must be set")
     return value
 
 
@@ -162,7 +169,12 @@ def start_segment_body(
     if control is not None:
         if not isinstance(control, Control):
             raise TypeError(f"control must be Control, not {type(control).__name__}")
-        _int_in("control.redundant_duration", control.redundant_duration, (0, 600_000))
+        if isinstance(control.redundant_duration, bool) or not isinstance(
+            control.redundant_duration, int
+        ):
+            raise TypeError("control.redundant_duration must be an int (milliseconds)")
+        if control.redundant_duration < 0:
+            raise ValueError("control.redundant_duration must be >= 0 milliseconds")
         document["Control"] = unstructure(control)
     document["StorageConfig"] = unstructure(_storage_config(storage_config))
     return _encode(document)

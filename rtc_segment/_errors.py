@@ -83,13 +83,17 @@ class RtcSegmentError(Exception):
             parts.append(f"after {self.attempts} attempts")
         return ", ".join(parts)
 
+    def _hint(self) -> str:
+        return self.hint
+
     def __str__(self) -> str:
         text = self.message
         context = self._context()
         if context:
             text = f"{text} [{context}]"
-        if self.hint:
-            text = f"{text}. {self.hint}"
+        hint = self._hint()
+        if hint:
+            text = f"{text}. {hint}"
         return text
 
     def __repr__(self) -> str:
@@ -169,12 +173,18 @@ class InvalidParameterError(ApiError):
 
 
 class TaskNotFoundError(InvalidParameterError):
-    """No such task, or it started more than 72 hours ago. Never retried."""
+    """No such task (or, for GetSegmentTask, it started more than 72 hours ago; for
+    UpdateSegment and StopSegment, it has already ended). Never retried."""
 
     hint = (
         "Check the ids; only tasks started within the last 72 hours can be queried, and for "
         "auto-segment tasks the TaskId is the user's UserId"
     )
+
+    def _hint(self) -> str:
+        if self.action in ("UpdateSegment", "StopSegment"):
+            return "Check the ids; the task may also have ended already"
+        return self.hint
 
 
 class ThrottledError(ApiError):

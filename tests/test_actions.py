@@ -157,6 +157,9 @@ async def test_custom_storage_credentials_are_sent_but_never_shown(mock: respx.M
         ({"storage_config": None}, TypeError, "storage_config"),
         ({"storage_config": StorageConfig(type=StorageType.VOD)}, ValueError, "vod_config"),
         ({"control": {"Align": True}}, TypeError, "control"),
+        ({"control": Control(redundant_duration=-1)}, ValueError, "redundant_duration"),
+        ({"storage_config": StorageConfig(tos_config=TosConfig(bucket="b"))}, ValueError, "account_id"),
+        ({"storage_config": StorageConfig(type=StorageType.CUSTOM, custom_config=CustomConfig(bucket="b", access_key="a"))}, ValueError, "secret_key"),
     ],
 )  # fmt: skip
 async def test_start_validation_happens_before_sending(
@@ -275,6 +278,8 @@ async def test_stop_of_a_missing_task_raises(mock: respx.MockRouter) -> None:
         with pytest.raises(TaskNotFoundError) as info:
             await c.stop_segment("a", "r", "t")
     assert not info.value.ambiguous
+    assert "ended already" in str(info.value)
+    assert "72 hours" not in str(info.value)
 
 
 def test_each_action_has_its_own_limiter_at_its_ceiling() -> None:
