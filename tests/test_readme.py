@@ -55,3 +55,17 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
     assert "pytest" in lines[1]
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert "pip install -q -e '.[test]'" in ci
+
+
+def test_actions_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    text = section("Starting and stopping tasks")
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    printed = re.search(r"prints\n\n```\n(.*?)```", text, re.S)
+    assert printed is not None
+    script = tmp_path / "actions_example.py"
+    script.write_text(code, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == printed.group(1)
