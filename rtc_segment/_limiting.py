@@ -38,25 +38,32 @@ __all__ = ["WAKE_UP_SLACK", "LocalRateLimiter", "RateLimiter"]
 WAKE_UP_SLACK = 0.1
 # A wake-up this close to its due time counts as on time (see _Bucket).
 _EARLY_TOLERANCE_SECONDS = 1e-6
+# How far below "one more request fits" a snapped level is put: far enough that aiolimiter's
+# two differently rounded comparisons (level + 1 <= capacity, 1 - capacity + level <= 0)
+# both agree that it fits.
+_HAIR = 1e-9
 
 
 class _Bucket(AsyncLimiter):
-    """``AsyncLimiter`` that forgives a wake-up a clock tick early.
+    """``AsyncLimiter`` that forgives a wake-up a clock tick early, or a rounding error late.
 
-    asyncio runs a timer that is due within the clock's resolution, and looptime rounds the
-    loop's time to 1 us. The bucket then has not quite drained when its waiter wakes, so
-    aiolimiter sets a timer for the sliver left -- due "now" again. On a clock that does not
-    move until the loop is idle (looptime) that repeats forever; on a coarse clock (Windows,
-    ~16 ms) it spins until the clock ticks. A sliver worth under a microsecond is drained.
+    aiolimiter sets its timer for exactly when the bucket will have drained enough, but
+    asyncio runs a timer that is due within the clock's resolution, looptime rounds the
+    loop's time to 1 us, and the level is float arithmetic. The waiter then finds a sliver
+    left, and aiolimiter sets a timer for that sliver -- due "now" again. On a clock that
+    does not move until the loop is idle (looptime) that repeats forever; on a coarse clock
+    (Windows, ~16 ms) it spins until the clock ticks. A level within a microsecond's drain
+    of letting one more request through is taken as letting it through.
     """
 
     __slots__ = ()
 
     def _leak(self) -> None:
         super()._leak()
-        excess = self._level + 1 - self.max_rate
-        if 0 < excess <= self._rate_per_sec * _EARLY_TOLERANCE_SECONDS:
-            self._level -= excess
+        fits_at = self.max_rate - 1  # the level at which one more request fits
+        sliver = self._rate_per_sec * _EARLY_TOLERANCE_SECONDS
+        if fits_at - _HAIR < self._level <= fits_at + sliver:
+            self._level = fits_at - _HAIR
 
 
 @runtime_checkable
