@@ -1,0 +1,1 @@
+"""The reliability and security suite: one module per guarantee (see README, "Guarantees")."""
