@@ -153,6 +153,7 @@ class Credentials:
         """
         file = default_credentials_path() if path is None else Path(path)
         parser = configparser.ConfigParser(interpolation=None)
+        problem: str | None = None
         try:
             with file.open(encoding="utf-8") as stream:
                 parser.read_file(stream)
@@ -160,16 +161,16 @@ class Credentials:
             return None
         except configparser.Error as exc:
             # configparser's own messages quote the offending line, which may hold the
-            # secret: report only where the problem is, and drop the chained exception.
-            raise CredentialsError(
-                f"credentials file {str(file)!r} is malformed{_where(exc)}"
-            ) from None
+            # secret: report only where the problem is.
+            problem = f"is malformed{_where(exc)}"
         except UnicodeDecodeError:
-            raise CredentialsError(f"credentials file {str(file)!r} is not UTF-8 text") from None
+            problem = "is not UTF-8 text"
         except OSError as exc:
-            raise CredentialsError(
-                f"credentials file {str(file)!r} cannot be read ({type(exc).__name__})"
-            ) from None
+            problem = f"cannot be read ({type(exc).__name__})"
+        if problem is not None:
+            # Raised outside the except block, so that not even __context__ (which
+            # ``from None`` only hides) holds the parser's error and its quoted line.
+            raise CredentialsError(f"credentials file {str(file)!r} {problem}") from None
         if not parser.has_section(profile):
             return None
         section = parser[profile]
