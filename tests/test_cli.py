@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _cli_support import cli, use_emulator_credentials
 
 from rtc_segment import SegmentClient, SegmentTask, TaskStatus
-from rtc_segment._cli._app import run
 from rtc_segment._cli._context import Context
 from rtc_segment._cli._demo import command_emulator
 from rtc_segment._cli._parser import build_parser
@@ -28,46 +28,10 @@ from rtc_segment.cli import main
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Lifecycle
 
 
-class Run:
-    """The result of one in-process run."""
-
-    def __init__(self, status: int, stdout: str, stderr: str) -> None:
-        self.status = status
-        self.stdout = stdout
-        self.stderr = stderr
-
-    @property
-    def records(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.stdout.splitlines()]
-
-
-def cli(
-    argv: list[str],
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    stdin: str = "",
-    stdout_tty: bool = False,
-    stderr_tty: bool = False,
-) -> Run:
-    out, err = io.StringIO(), io.StringIO()
-    terminal = Terminal.create(
-        stdin=io.StringIO(stdin),
-        stdout=out,
-        stderr=err,
-        stdout_is_terminal=stdout_tty,
-        stderr_is_terminal=stderr_tty,
-    )
-    status = run(argv, terminal=terminal, transport=transport)
-    return Run(status, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(autouse=True)
 def credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The emulator's test credentials in the environment, and no ~/.volc file."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("VOLC_ACCESSKEY", DEFAULT_CREDENTIALS.access_key_id)
-    monkeypatch.setenv("VOLC_SECRETKEY", DEFAULT_CREDENTIALS.secret_access_key)
-    monkeypatch.delenv("VOLC_SESSION_TOKEN", raising=False)
+    use_emulator_credentials(monkeypatch, tmp_path)
 
 
 @pytest.fixture

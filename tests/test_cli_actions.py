@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from _cli_support import cli, use_emulator_credentials
 
 from rtc_segment import (
     SegmentClient,
@@ -21,8 +20,6 @@ from rtc_segment import (
     StreamType,
     TaskStatus,
 )
-from rtc_segment._cli._app import run
-from rtc_segment._cli._terminal import Terminal
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
 KEY = ["--app-id", "app", "--room-id", "room", "--task-id", "task"]
@@ -30,43 +27,10 @@ TOS = ["--account-id", "2100", "--bucket", "slices"]
 STORAGE_SECRET = "storage-secret-from-stdin"
 
 
-class Run:
-    def __init__(self, status: int, stdout: str, stderr: str) -> None:
-        self.status, self.stdout, self.stderr = status, stdout, stderr
-
-    @property
-    def record(self) -> dict[str, Any]:
-        lines = self.stdout.splitlines()
-        assert len(lines) == 1, self.stdout
-        record: dict[str, Any] = json.loads(lines[0])
-        return record
-
-
-def cli(
-    argv: list[str],
-    transport: httpx.AsyncBaseTransport,
-    *,
-    stdin: str = "",
-    stdout_tty: bool = False,
-) -> Run:
-    out, err = io.StringIO(), io.StringIO()
-    terminal = Terminal.create(
-        stdin=io.StringIO(stdin),
-        stdout=out,
-        stderr=err,
-        stdout_is_terminal=stdout_tty,
-        stderr_is_terminal=False,
-    )
-    status = run(argv, terminal=terminal, transport=transport)
-    return Run(status, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(autouse=True)
 def credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("VOLC_ACCESSKEY", DEFAULT_CREDENTIALS.access_key_id)
-    monkeypatch.setenv("VOLC_SECRETKEY", DEFAULT_CREDENTIALS.secret_access_key)
-    monkeypatch.delenv("VOLC_SESSION_TOKEN", raising=False)
+    """The emulator's test credentials in the environment, and no ~/.volc file."""
+    use_emulator_credentials(monkeypatch, tmp_path)
 
 
 def fetch(emulator: Emulator) -> SegmentTask:
