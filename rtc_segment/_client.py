@@ -789,7 +789,7 @@ class SegmentClient:
             except httpx.HTTPError as exc:
                 raise _Attempt(
                     _transport_error(exc, action, key),
-                    sent=not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)),
+                    sent=not isinstance(exc, _NOT_SENT),
                 ) from None
             try:
                 payload = await _read_capped(response, action, key)
@@ -805,6 +805,10 @@ class SegmentClient:
                 elapsed * 1000,
             )
         return _interpret(response, payload, action, key)
+
+
+# Failures that prove the request never left: no connection was made or obtained.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _utc_now() -> datetime:
