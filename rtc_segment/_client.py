@@ -840,7 +840,7 @@ def _check_endpoint(endpoint: str, allow_insecure_http: bool) -> tuple[str, str]
 
 def _transport_error(exc: httpx.HTTPError, action: str, key: TaskKey | None) -> RtcSegmentError:
     name = type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, _NOT_SENT):
         return ServerError(
             f"no answer in time ({name})",
             code="ClientTimeout",
