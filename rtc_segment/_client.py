@@ -873,7 +873,12 @@ async def _read_capped(response: httpx.Response, action: str, key: TaskKey | Non
             sent=True,
         )
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and int(declared) > MAX_RESPONSE_BYTES
+    ):
         raise _Attempt(
             ResponseFormatError(
                 f"answer of {int(declared)} bytes is over the {MAX_RESPONSE_BYTES}-byte limit",

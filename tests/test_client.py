@@ -469,3 +469,15 @@ async def test_stats_snapshot_is_immutable_and_counts(mock: respx.MockRouter) ->
     assert (before.requests_sent, before.succeeded, dict(before.errors)) == (1, 1, {})
     assert (after.requests_sent, after.succeeded, dict(after.errors)) == (2, 1, {"ServerError": 1})
     assert json.dumps(dict(after.errors))
+
+
+async def test_a_non_ascii_digit_content_length_is_not_trusted() -> None:
+    # "¹".isdigit() is True, but int("¹") fails: the header must not crash the client.
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers=[(b"content-length", b"\xb9")], stream=httpx.ByteStream(b"")
+        )
+
+    async with make_client(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ResponseFormatError, match="empty"):
+            await client.get_segment_task("a", "r", "t")
