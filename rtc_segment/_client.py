@@ -794,7 +794,7 @@ class SegmentClient:
             try:
                 payload = await _read_capped(response, action, key)
             finally:
-                await response.aclose()
+                await _close(response)
             elapsed = time.perf_counter() - started
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -805,6 +805,21 @@ class SegmentClient:
                 elapsed * 1000,
             )
         return _interpret(response, payload, action, key)
+
+
+async def _close(response: httpx.Response) -> None:
+    """Close ``response`` completely, even if the caller is cancelled meanwhile.
+
+    httpcore hands the connection back to its pool only at the end of ``aclose()``; a
+    cancellation landing inside it (its own shield does not stop asyncio's) would leave the
+    connection checked out for good, and the pool would shrink with every such storm.
+    """
+    closing = asyncio.ensure_future(response.aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 # Failures that prove the request never left: no connection was made or obtained.

@@ -481,3 +481,29 @@ async def test_a_non_ascii_digit_content_length_is_not_trusted() -> None:
     async with make_client(transport=httpx.MockTransport(answer)) as client:
         with pytest.raises(ResponseFormatError, match="empty"):
             await client.get_segment_task("a", "r", "t")
+
+
+async def test_a_response_is_closed_completely_even_when_cancelled_meanwhile() -> None:
+    # httpcore returns the connection to its pool at the very end of aclose(); a cancellation
+    # landing inside it must not cut that short.
+    from rtc_segment._client import _close
+
+    started = asyncio.Event()
+    finished: list[bool] = []
+
+    class SlowClosing(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b""
+
+        async def aclose(self) -> None:
+            started.set()
+            await asyncio.sleep(0.01)
+            finished.append(True)
+
+    response = httpx.Response(200, stream=SlowClosing())
+    closing = asyncio.ensure_future(_close(response))
+    await started.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert finished == [True]
