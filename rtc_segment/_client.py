@@ -791,10 +791,7 @@ class SegmentClient:
                     _transport_error(exc, action, key),
                     sent=not isinstance(exc, _NOT_SENT),
                 ) from None
-            try:
-                payload = await _read_capped(response, action, key)
-            finally:
-                await _close(response)
+            payload = await _finish(response, action, key)
             elapsed = time.perf_counter() - started
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -807,19 +804,30 @@ class SegmentClient:
         return _interpret(response, payload, action, key)
 
 
-async def _close(response: httpx.Response) -> None:
-    """Close ``response`` completely, even if the caller is cancelled meanwhile.
+async def _finish(response: httpx.Response, action: str, key: TaskKey | None) -> bytes:
+    """Read the answer's body (capped) and close it, even if the caller is cancelled meanwhile.
 
-    httpcore hands the connection back to its pool only at the end of ``aclose()``; a
-    cancellation landing inside it (its own shield does not stop asyncio's) would leave the
-    connection checked out for good, and the pool would shrink with every such storm.
+    httpcore mishandles a cancellation that lands while it streams a body or closes it: the
+    connection stays checked out of its pool for good (encode/httpcore#1093), and a storm of
+    cancellations would shrink the pool to nothing. The answer has arrived by now, so the
+    rest takes moments: it runs in its own task, and a cancelled caller waits for it to end
+    before the cancellation goes on.
     """
-    closing = asyncio.ensure_future(response.aclose())
+    reading = asyncio.ensure_future(_read_and_close(response, action, key))
     try:
-        await asyncio.shield(closing)
+        return await asyncio.shield(reading)
     except asyncio.CancelledError:
-        await closing
+        await asyncio.wait([reading])
+        if not reading.cancelled():
+            reading.exception()  # retrieved: the caller is gone, the outcome does not matter
         raise
+
+
+async def _read_and_close(response: httpx.Response, action: str, key: TaskKey | None) -> bytes:
+    try:
+        return await _read_capped(response, action, key)
+    finally:
+        await response.aclose()
 
 
 # Failures that prove the request never left: no connection was made or obtained.

@@ -483,27 +483,33 @@ async def test_a_non_ascii_digit_content_length_is_not_trusted() -> None:
             await client.get_segment_task("a", "r", "t")
 
 
-async def test_a_response_is_closed_completely_even_when_cancelled_meanwhile() -> None:
-    # httpcore returns the connection to its pool at the very end of aclose(); a cancellation
-    # landing inside it must not cut that short.
-    from rtc_segment._client import _close
+@pytest.mark.parametrize("phase", ["reading", "closing"])
+async def test_a_cancelled_call_still_reads_and_closes_its_answer(phase: str) -> None:
+    # httpcore mishandles a cancellation inside its body iteration or close (the connection
+    # stays checked out); the client must let both finish before the cancellation goes on.
+    from rtc_segment._client import _finish
 
     started = asyncio.Event()
-    finished: list[bool] = []
+    steps: list[str] = []
 
-    class SlowClosing(httpx.AsyncByteStream):
+    class Slow(httpx.AsyncByteStream):
         async def __aiter__(self) -> Any:
-            yield b""
+            if phase == "reading":
+                started.set()
+                await asyncio.sleep(0.01)
+            steps.append("read")
+            yield b"{}"
 
         async def aclose(self) -> None:
-            started.set()
-            await asyncio.sleep(0.01)
-            finished.append(True)
+            if phase == "closing":
+                started.set()
+                await asyncio.sleep(0.01)
+            steps.append("closed")
 
-    response = httpx.Response(200, stream=SlowClosing())
-    closing = asyncio.ensure_future(_close(response))
+    response = httpx.Response(200, stream=Slow())
+    call = asyncio.ensure_future(_finish(response, "GetSegmentTask", None))
     await started.wait()
-    closing.cancel()
+    call.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await closing
-    assert finished == [True]
+        await call
+    assert steps == ["read", "closed"]
