@@ -349,6 +349,14 @@ class SegmentClient:
             },
         )
         self._sender = DirectSender(self._http, self._base_url)
+        # httpcore mishandles a cancellation that lands while a request is on the wire: the
+        # connection can stay checked out of its pool for good (encode/httpcore#1093), and
+        # every cancelled call would shrink the pool. On httpcore's transport the exchange
+        # therefore runs in a task of its own that the caller's cancellation does not reach:
+        # the caller goes at once, the exchange finishes (within the timeout) and then gives
+        # back its connection and its slot. aclose() ends any still in flight.
+        self._shelter_exchanges = isinstance(self._sender.transport, httpx.AsyncHTTPTransport)
+        self._orphans: set[asyncio.Future[Any]] = set()
         self._closed = False
         _warm_up_http_stack()
 
@@ -367,8 +375,16 @@ class SegmentClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool. Further calls raise :class:`ClientClosedError`."""
+        """Close the connection pool. Further calls raise :class:`ClientClosedError`.
+
+        Requests of cancelled calls that are still on the wire are abandoned.
+        """
         self._closed = True
+        orphans = list(self._orphans)
+        for exchange in orphans:
+            exchange.cancel()
+        if orphans:
+            await asyncio.wait(orphans)
         await self._http.aclose()
 
     @property
@@ -757,6 +773,29 @@ class SegmentClient:
             counters.succeeded += 1
             return value
 
+    async def _exchange(
+        self, request: httpx.Request, action: str, key: TaskKey | None
+    ) -> tuple[httpx.Response, bytes]:
+        """Send one request, read its answer (capped) and close it."""
+        try:
+            response = await self._sender.send(request)
+        except httpx.HTTPError as exc:
+            raise _Attempt(
+                _transport_error(exc, action, key),
+                sent=not isinstance(exc, _NOT_SENT),
+            ) from None
+        try:
+            payload = await _read_capped(response, action, key)
+        finally:
+            await response.aclose()
+        return response, payload
+
+    def _orphan_done(self, exchange: asyncio.Future[Any]) -> None:
+        self._orphans.discard(exchange)
+        self._slots.release()
+        if not exchange.cancelled():
+            exchange.exception()  # retrieved: its caller is gone, the outcome does not matter
+
     async def _attempt(
         self,
         action: str,
@@ -767,7 +806,9 @@ class SegmentClient:
         body: bytes,
         limiter: RateLimiter,
     ) -> tuple[ResponseMetadata, Any, int]:
-        async with self._slots:
+        await self._slots.acquire()
+        handed_off = False
+        try:
             await limiter.acquire()
             self._check_open()
             # Signed after the wait, so X-Date is fresh on every attempt.
@@ -780,19 +821,26 @@ class SegmentClient:
                 content_type="application/json" if method != "GET" else None,
                 now=self._clock(),
             )
-            sender = self._sender
-            request = sender.request(method, signed.query_string, signed.headers, body)
+            request = self._sender.request(method, signed.query_string, signed.headers, body)
             self._counters.requests_sent += 1
             started = time.perf_counter()
-            try:
-                response = await sender.send(request)
-            except httpx.HTTPError as exc:
-                raise _Attempt(
-                    _transport_error(exc, action, key),
-                    sent=not isinstance(exc, _NOT_SENT),
-                ) from None
-            payload = await _finish(response, action, key)
+            if not self._shelter_exchanges:
+                response, payload = await self._exchange(request, action, key)
+            else:
+                exchange = asyncio.ensure_future(self._exchange(request, action, key))
+                try:
+                    response, payload = await asyncio.shield(exchange)
+                except asyncio.CancelledError:
+                    # See __init__: the exchange ends on its own (within the timeout) and
+                    # gives its connection and slot back then; the caller goes at once.
+                    handed_off = True
+                    self._orphans.add(exchange)
+                    exchange.add_done_callback(self._orphan_done)
+                    raise
             elapsed = time.perf_counter() - started
+        finally:
+            if not handed_off:
+                self._slots.release()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> HTTP %d in %.1f ms",
@@ -802,32 +850,6 @@ class SegmentClient:
                 elapsed * 1000,
             )
         return _interpret(response, payload, action, key)
-
-
-async def _finish(response: httpx.Response, action: str, key: TaskKey | None) -> bytes:
-    """Read the answer's body (capped) and close it, even if the caller is cancelled meanwhile.
-
-    httpcore mishandles a cancellation that lands while it streams a body or closes it: the
-    connection stays checked out of its pool for good (encode/httpcore#1093), and a storm of
-    cancellations would shrink the pool to nothing. The answer has arrived by now, so the
-    rest takes moments: it runs in its own task, and a cancelled caller waits for it to end
-    before the cancellation goes on.
-    """
-    reading = asyncio.ensure_future(_read_and_close(response, action, key))
-    try:
-        return await asyncio.shield(reading)
-    except asyncio.CancelledError:
-        await asyncio.wait([reading])
-        if not reading.cancelled():
-            reading.exception()  # retrieved: the caller is gone, the outcome does not matter
-        raise
-
-
-async def _read_and_close(response: httpx.Response, action: str, key: TaskKey | None) -> bytes:
-    try:
-        return await _read_capped(response, action, key)
-    finally:
-        await response.aclose()
 
 
 # Failures that prove the request never left: no connection was made or obtained.

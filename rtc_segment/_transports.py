@@ -182,6 +182,11 @@ class DirectSender:
         self._default_headers = list(http.headers.multi_items())
         self._url = _url_maker(root)
 
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The transport requests are handed to."""
+        return self._transport
+
     def request(
         self, method: str, query_string: str, headers: Mapping[str, str], body: bytes
     ) -> httpx.Request:

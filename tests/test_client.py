@@ -483,33 +483,57 @@ async def test_a_non_ascii_digit_content_length_is_not_trusted() -> None:
             await client.get_segment_task("a", "r", "t")
 
 
-@pytest.mark.parametrize("phase", ["reading", "closing"])
-async def test_a_cancelled_call_still_reads_and_closes_its_answer(phase: str) -> None:
-    # httpcore mishandles a cancellation inside its body iteration or close (the connection
-    # stays checked out); the client must let both finish before the cancellation goes on.
-    from rtc_segment._client import _finish
+async def test_a_cancelled_call_leaves_its_exchange_to_finish_cleanly(
+    mock: respx.MockRouter,
+) -> None:
+    # httpcore mishandles a cancellation that lands mid-exchange (the connection can stay
+    # checked out for good), so the caller goes at once and the exchange ends on its own.
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    closed: list[bool] = []
 
-    started = asyncio.Event()
-    steps: list[str] = []
-
-    class Slow(httpx.AsyncByteStream):
+    class Body(httpx.AsyncByteStream):
         async def __aiter__(self) -> Any:
-            if phase == "reading":
-                started.set()
-                await asyncio.sleep(0.01)
-            steps.append("read")
-            yield b"{}"
+            yield json.dumps(ok_body()).encode()
 
         async def aclose(self) -> None:
-            if phase == "closing":
-                started.set()
-                await asyncio.sleep(0.01)
-            steps.append("closed")
+            closed.append(True)
 
-    response = httpx.Response(200, stream=Slow())
-    call = asyncio.ensure_future(_finish(response, "GetSegmentTask", None))
-    await started.wait()
+    async def slow(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await release.wait()
+        return httpx.Response(200, stream=Body())
+
+    mock.get("/").mock(side_effect=slow)
+    async with make_client(max_connections=1) as client:
+        call = asyncio.ensure_future(client.get_segment_task("a", "r", "t"))
+        await entered.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call  # at once: the answer has not come yet
+        assert closed == []
+        assert client._slots.locked()  # type: ignore[attr-defined]  # still on the wire
+        release.set()
+        task = await asyncio.wait_for(client.get_segment_task("a", "r", "t"), timeout=5)
+        assert task.status is TaskStatus.RUNNING
+        assert closed == [True, True]
+        assert not client._slots.locked()  # type: ignore[attr-defined]
+
+
+async def test_aclose_abandons_exchanges_of_cancelled_calls(mock: respx.MockRouter) -> None:
+    entered = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    mock.get("/").mock(side_effect=hang)
+    client = make_client()
+    call = asyncio.ensure_future(client.get_segment_task("a", "r", "t"))
+    await entered.wait()
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    assert steps == ["read", "closed"]
+    await asyncio.wait_for(client.aclose(), timeout=5)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
