@@ -26,44 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtc_segment._converter import structure_metadata, structure_task
 
-# The documented example response of GetSegmentTask (2022-06-01), verbatim.
-EXAMPLE = """\
-{
-  "Result": {
-    "SegmentTask": {
-      "StartTime": 1677477732000,
-      "EndTime": 0,
-      "Status": 2,
-      "StopReason": "",
-      "TargetStreams": {
-        "StreamList": [
-          { "Index": 0, "UserId": "user0", "StreamType": 0 },
-          { "Index": 1, "UserId": "user1", "StreamType": 0 }
-        ]
-      },
-      "Handle": true,
-      "Identifier": "getsegmenttask",
-      "MaxIdleTime": 600,
-      "Duration": 40,
-      "Control": { "Align": true, "Mixed": true, "RedundantDuration": 3, "IgnoreSilence": true },
-      "StorageConfig": {
-        "Type": 0,
-        "TosConfig": { "AccountId": "Your_AccountId", "Region": 0, "Bucket": "Your_Bucket" },
-        "VodConfig": { "Region": 0 },
-        "VeImageXConfig": { "Region": 0 },
-        "CustomConfig": { "Vendor": 0, "Region": 0 }
-      }
-    }
-  },
-  "ResponseMetadata": {
-    "RequestId": "Your_RequestId",
-    "Action": "GetSegmentTask",
-    "Version": "2022-06-01",
-    "Service": "rtc",
-    "Region": "cn-north-1"
-  }
-}
-"""
+# The documented example response of GetSegmentTask (2022-06-01), verbatim (shared with
+# the converter's tests).
+EXAMPLE = (
+    Path(__file__).resolve().parent.parent / "tests" / "data" / "documented_response.json"
+).read_text(encoding="utf-8")
 
 
 def loads_only() -> object:
