@@ -20,6 +20,9 @@ holds ``1 + WAKE_UP_SLACK`` units, each request adding one. Requests are therefo
   load, and it stays ``qps`` while arrivals at the server are squeezed together by up to
   ``(qps - 1 - WAKE_UP_SLACK) / rate - 1`` seconds: about 8 ms at the defaults.
 * Sustained throughput is ``rate``: 99 % of the ceiling by default.
+* The first request after a pause is charged one request more: it is the one most likely
+  to arrive late (a new connection), and the extra interval keeps it out of the window of
+  the requests a second later. Under sustained load there is no pause to charge.
 
 (A plain ``AsyncLimiter(60, 1)`` would admit a burst of 60 and then 60 more within the
 same second: 119 in the first sliding second from idle.)
@@ -38,6 +41,8 @@ __all__ = ["WAKE_UP_SLACK", "LocalRateLimiter", "RateLimiter"]
 WAKE_UP_SLACK = 0.1
 # A wake-up this close to its due time counts as on time (see _Bucket).
 _EARLY_TOLERANCE_SECONDS = 1e-6
+# A gap of this many send intervals counts as a pause (see _Bucket.acquire).
+_PAUSE_INTERVALS = 2
 # How far below "one more request fits" a snapped level is put: far enough that aiolimiter's
 # two differently rounded comparisons (level + 1 <= capacity, 1 - capacity + level <= 0)
 # both agree that it fits.
@@ -56,7 +61,26 @@ class _Bucket(AsyncLimiter):
     of letting one more request through is taken as letting it through.
     """
 
-    __slots__ = ()
+    __slots__ = ("_last_release",)
+
+    def __init__(self, max_rate: float, time_period: float) -> None:
+        super().__init__(max_rate, time_period)
+        self._last_release = float("-inf")
+
+    async def acquire(self, amount: float = 1) -> None:
+        """Acquire ``amount``; the first request after a pause is charged one request more.
+
+        After a pause the first request is the one most likely to reach the server late
+        (a new connection, cold caches: ~10 ms even on loopback, more over a network),
+        which squeezes it together with the requests a second later. Making the next
+        request wait one interval more gives it that margin; under sustained load there is
+        no pause, and it costs nothing.
+        """
+        await super().acquire(amount)
+        now = self._loop.time()
+        if now - self._last_release > _PAUSE_INTERVALS * amount / self._rate_per_sec:
+            self._level += 1
+        self._last_release = now
 
     def _leak(self) -> None:
         super()._leak()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 
 import pytest
 
@@ -96,6 +97,7 @@ async def test_cancelled_waiters_do_not_consume_capacity() -> None:
     limiter = LocalRateLimiter(10)
     loop = asyncio.get_running_loop()
     await limiter.acquire()
+    await limiter.acquire()  # past the extra interval charged after a pause
     start = loop.time()
     waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(20)]
     await asyncio.sleep(0)
@@ -117,9 +119,30 @@ async def test_late_wake_ups_do_not_accumulate() -> None:
         await limiter.acquire()
         times.append(loop.time())
         await asyncio.sleep(0.001)
+    times = times[1:]  # the first request after idle is charged an extra interval
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert rate >= 0.985 * 60
     assert max_in_window(times) <= 60
+
+
+@pytest.mark.looptime
+async def test_the_first_request_after_a_pause_gets_an_extra_interval() -> None:
+    # The first request after a pause tends to arrive late (new connection): the request
+    # after it waits one more interval, so the two cannot be squeezed into one window.
+    limiter = LocalRateLimiter(60)
+    loop = asyncio.get_running_loop()
+    interval = 1 / limiter.rate
+    for _ in range(2):  # from idle, and again after a pause
+        await limiter.acquire()
+        first = loop.time()
+        await limiter.acquire()
+        assert loop.time() - first >= 2 * interval - 0.1 * interval - 1e-6
+        await limiter.acquire()
+        await asyncio.sleep(1.0)
+    times = await acquire_times(limiter, 200, concurrency=50)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 1.9 * interval  # after the pause
+    assert max(gaps[1:]) < 1.5 * interval  # no extra charge under sustained load
 
 
 def test_protocol_and_validation() -> None:
