@@ -10,22 +10,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._client import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT, Backoff, ClientStats, SegmentClient
+from ._caller import Backoff, ClientStats
+from ._client import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT, SegmentClient
 from ._credentials import Credentials
 from ._errors import (
     ApiError,
     AuthenticationError,
     ClientClosedError,
+    ClientTimeoutError,
     CredentialsError,
     InvalidParameterError,
-    RateLimiterUnavailable,
+    RateLimiterUnavailableError,
     ResponseFormatError,
     RtcSegmentError,
     ServerError,
     TaskNotFoundError,
     ThrottledError,
     TransportError,
+    WaitTimeoutError,
+    deprecated_name,
 )
+from ._fanout import OutcomeStream
 from ._limiting import LocalRateLimiter, RateLimiter
 from ._models import (
     Control,
@@ -45,8 +50,8 @@ from ._models import (
     Vendor,
     VodConfig,
 )
-from ._polling import OutcomeStream, TaskWatch, WaitTimeoutError, WatchEvent
 from ._version import __version__
+from ._watch import TaskWatch, WatchEvent
 
 if TYPE_CHECKING:
     from ._redis import RedisLimiterStats, RedisRateLimiter
@@ -59,6 +64,7 @@ __all__ = [
     "Backoff",
     "ClientClosedError",
     "ClientStats",
+    "ClientTimeoutError",
     "Control",
     "Credentials",
     "CredentialsError",
@@ -67,7 +73,7 @@ __all__ = [
     "LocalRateLimiter",
     "OutcomeStream",
     "RateLimiter",
-    "RateLimiterUnavailable",
+    "RateLimiterUnavailableError",
     "RedisLimiterStats",
     "RedisRateLimiter",
     "ResponseFormatError",
@@ -104,4 +110,4 @@ def __getattr__(name: str) -> Any:
         from . import _redis
 
         return getattr(_redis, name)
-    raise AttributeError(f"module 'rtc_segment' has no attribute {name!r}")
+    return deprecated_name(__name__, name)

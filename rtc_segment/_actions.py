@@ -1,49 +1,56 @@
-"""The segment family's actions: their names, versions, ceilings, and request bodies.
+"""The segment family's actions: names, ceilings, request bodies, and per-action rules.
 
-Everything here is pure: validation (``TypeError``/``ValueError`` naming the argument,
-before anything is sent) and the JSON body of each POST action, built with the package's
-converter so that requests and answers share one set of models.
+The bodies are pure: validation (``TypeError``/``ValueError`` naming the argument, before
+anything is sent) and the JSON of each POST action, built with the package's converter so
+that requests and answers share one set of models. :class:`SegmentActions` sends them
+through the one HTTP path (any :class:`~rtc_segment._caller.Calls`) and holds the rules
+that belong to an action rather than to HTTP: StartSegment's read-back after an ambiguous
+failure, StopSegment's "already stopped counts as success", GetSegmentTask's parsing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
-from ._converter import unstructure
-from ._models import Control, StorageConfig, StorageType, Stream, TargetStreams, TaskKey
+from ._caller import Action, Calls
+from ._converter import ShapeError, structure_task, unstructure
+from ._errors import ResponseFormatError, RtcSegmentError, TaskNotFoundError
+from ._models import (
+    Control,
+    ResponseMetadata,
+    SegmentTask,
+    StorageConfig,
+    StorageType,
+    Stream,
+    TargetStreams,
+    TaskKey,
+)
+from ._validation import check_bool, check_int, validate_id
 
 __all__ = [
     "GET_SEGMENT_TASK",
     "START_SEGMENT",
     "STOP_SEGMENT",
     "UPDATE_SEGMENT",
-    "Action",
+    "SegmentActions",
+    "parse_ok",
+    "parse_segment_task",
     "start_segment_body",
     "stop_segment_body",
     "update_segment_body",
 ]
 
-#: The service's limits (facts §5).
+logger = logging.getLogger("rtc_segment")
+
+# The service's limits (StartSegment: https://www.volcengine.com/docs/6348/1188212).
 MAX_TARGET_STREAMS = 17
 DURATION_RANGE = (1, 600)
 MAX_IDLE_TIME_RANGE = (1, 86400)
 
-
-@attrs.frozen
-class Action:
-    """One OpenAPI action of the segment family."""
-
-    name: str
-    version: str
-    method: str
-    qps: float
-    """The documented ceiling, per account."""
-
-
+#: The actions, at version 2022-06-01, with their documented per-account ceilings.
 GET_SEGMENT_TASK = Action("GetSegmentTask", "2022-06-01", "GET", 60.0)
 START_SEGMENT = Action("StartSegment", "2022-06-01", "POST", 60.0)
 UPDATE_SEGMENT = Action("UpdateSegment", "2022-06-01", "POST", 150.0)
@@ -56,23 +63,10 @@ def _encode(document: dict[str, Any]) -> bytes:
 
 
 def _int_in(name: str, value: object, bounds: tuple[int, int]) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    low, high = bounds
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-    return value
+    return check_int(name, value, minimum=bounds[0], maximum=bounds[1])
 
 
 def _optional_id(name: str, value: object) -> str | None:
-    from ._client import validate_id
-
     return None if value is None else validate_id(name, value)
 
 
@@ -109,8 +103,6 @@ def _target_streams(value: object) -> TargetStreams | None:
     if duplicates:
         raise ValueError(f"target_streams has duplicate Index values: {duplicates}")
     for stream in streams:
-        from ._client import validate_id
-
         validate_id("target_streams user_id", stream.user_id)
     return TargetStreams(stream_list=streams)
 
@@ -159,7 +151,7 @@ def start_segment_body(
     document = _key_fields(key, business_id)
     document["MaxIdleTime"] = _int_in("max_idle_time", max_idle_time, MAX_IDLE_TIME_RANGE)
     document["Duration"] = _int_in("duration", duration, DURATION_RANGE)
-    document["Handle"] = _bool("handle", handle)
+    document["Handle"] = check_bool("handle", handle)
     streams = _target_streams(target_streams)
     if streams is not None:
         document["TargetStreams"] = unstructure(streams)
@@ -169,12 +161,8 @@ def start_segment_body(
     if control is not None:
         if not isinstance(control, Control):
             raise TypeError(f"control must be Control, not {type(control).__name__}")
-        if isinstance(control.redundant_duration, bool) or not isinstance(
-            control.redundant_duration, int
-        ):
-            raise TypeError("control.redundant_duration must be an int (milliseconds)")
-        if control.redundant_duration < 0:
-            raise ValueError("control.redundant_duration must be >= 0 milliseconds")
+        # Milliseconds, unlike the other durations.
+        check_int("control.redundant_duration", control.redundant_duration, minimum=0)
         document["Control"] = unstructure(control)
     document["StorageConfig"] = unstructure(_storage_config(storage_config))
     return _encode(document)
@@ -194,7 +182,7 @@ def update_segment_body(
     if prefix is not None:
         document["Identifier"] = prefix
     if handle is not None:
-        document["Handle"] = _bool("handle", handle)
+        document["Handle"] = check_bool("handle", handle)
     if duration is not None:
         document["Duration"] = _int_in("duration", duration, DURATION_RANGE)
     if len(document) == len(_key_fields(key, business_id)):
@@ -205,3 +193,123 @@ def update_segment_body(
 def stop_segment_body(key: TaskKey, *, business_id: object) -> bytes:
     """Validate StopSegment's arguments and return its JSON body."""
     return _encode(_key_fields(key, business_id))
+
+
+def parse_ok(
+    metadata: ResponseMetadata, result: Any, status: int, action: str, key: TaskKey | None
+) -> None:
+    """Start/Update/Stop answer ``Result: "ok"``; anything without an Error is success."""
+    return None
+
+
+def parse_segment_task(
+    metadata: ResponseMetadata, result: Any, status: int, action: str, key: TaskKey | None
+) -> SegmentTask:
+    """The :class:`SegmentTask` of a GetSegmentTask answer."""
+    raw_task = result.get("SegmentTask") if isinstance(result, dict) else None
+    if raw_task is None:
+        raise TaskNotFoundError(
+            "the service answered without a SegmentTask",
+            action=action,
+            key=key,
+            request_id=metadata.request_id or None,
+            http_status=status,
+        )
+    try:
+        return structure_task(raw_task)
+    except ShapeError as exc:
+        raise ResponseFormatError(
+            f"malformed SegmentTask: {exc}",
+            action=action,
+            key=key,
+            request_id=metadata.request_id or None,
+            http_status=status,
+        ) from None
+
+
+class SegmentActions:
+    """The four actions of the segment family, sent through one :class:`Calls`.
+
+    Also what fan-out and watching poll with (:meth:`fetch_task`, :attr:`qps`,
+    :attr:`max_connections`).
+    """
+
+    def __init__(self, calls: Calls, *, max_retries: int) -> None:
+        self._calls = calls
+        self._max_retries = max_retries
+
+    @property
+    def qps(self) -> float:
+        """The GetSegmentTask ceiling the polls are paced at."""
+        return float(self._calls.limiter_for(GET_SEGMENT_TASK).qps)
+
+    @property
+    def max_connections(self) -> int:
+        """Upper bound of requests in flight."""
+        return self._calls.max_connections
+
+    async def fetch_task(self, key: TaskKey) -> SegmentTask:
+        """GetSegmentTask for a validated key."""
+        query = {
+            "Action": GET_SEGMENT_TASK.name,
+            "Version": GET_SEGMENT_TASK.version,
+            "AppId": key.app_id,
+            "RoomId": key.room_id,
+            "TaskId": key.task_id,
+        }
+        return await self._calls.call(
+            GET_SEGMENT_TASK, query=query, key=key, parse=parse_segment_task
+        )
+
+    async def _post(
+        self, action: Action, key: TaskKey, body: bytes, *, retry_if_maybe_sent: bool = True
+    ) -> None:
+        query = {"Action": action.name, "Version": action.version}
+        await self._calls.call(
+            action,
+            query=query,
+            key=key,
+            body=body,
+            parse=parse_ok,
+            retry_if_maybe_sent=retry_if_maybe_sent,
+        )
+
+    async def start(self, key: TaskKey, body: bytes) -> None:
+        """StartSegment, never retried blindly: an ambiguous failure is resolved by reading
+        the task back (running: it landed; not found: send again; else raise)."""
+        budget = self._max_retries + 1
+        while True:
+            try:
+                await self._post(START_SEGMENT, key, body, retry_if_maybe_sent=False)
+                return
+            except RtcSegmentError as error:
+                if not (error.ambiguous and error.retryable):
+                    raise
+                budget -= error.attempts
+                try:
+                    task = await self.fetch_task(key)
+                except TaskNotFoundError:
+                    if budget <= 0:
+                        raise error from None
+                    logger.debug("StartSegment %s did not land; sending it again", "/".join(key))
+                    continue
+                except RtcSegmentError:
+                    raise error from None
+                if task.is_terminal:
+                    raise error from None
+                logger.debug("StartSegment %s landed although its answer was lost", "/".join(key))
+                return
+
+    async def update(self, key: TaskKey, body: bytes) -> None:
+        """UpdateSegment; setting values is idempotent, so transient failures are retried."""
+        await self._post(UPDATE_SEGMENT, key, body)
+
+    async def stop(self, key: TaskKey, body: bytes) -> None:
+        """StopSegment; "not found" after an attempt that may have stopped it is success."""
+        try:
+            await self._post(STOP_SEGMENT, key, body)
+        except TaskNotFoundError as error:
+            if error.ambiguous:
+                logger.debug("StopSegment %s: an earlier attempt stopped it", "/".join(key))
+                return
+            raise

@@ -6,24 +6,27 @@ attempts) and what to do next (``hint``). Nothing here ever formats a credential
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from ._models import TaskKey
+    from ._models import SegmentTask, TaskKey
 
 __all__ = [
     "ApiError",
     "AuthenticationError",
     "ClientClosedError",
+    "ClientTimeoutError",
     "CredentialsError",
     "InvalidParameterError",
-    "RateLimiterUnavailable",
+    "RateLimiterUnavailableError",
     "ResponseFormatError",
     "RtcSegmentError",
     "ServerError",
     "TaskNotFoundError",
     "ThrottledError",
     "TransportError",
+    "WaitTimeoutError",
     "error_from_service",
 ]
 
@@ -115,8 +118,12 @@ class ClientClosedError(RtcSegmentError, RuntimeError):
     hint = "Create a new SegmentClient, or keep the client open for as long as you use it"
 
 
-class RateLimiterUnavailable(RtcSegmentError):
-    """The shared rate limiter could not be reached; nothing was sent."""
+class RateLimiterUnavailableError(RtcSegmentError):
+    """The shared rate limiter could not be reached; nothing was sent.
+
+    Called ``RateLimiterUnavailable`` before 0.2.0; that name still works, with a
+    ``DeprecationWarning``.
+    """
 
     retryable = False
     hint = (
@@ -213,10 +220,26 @@ class ServerError(ApiError):
 
 
 class TransportError(RtcSegmentError):
-    """The request could not be delivered (DNS, connect, TLS, dropped connection). Retried."""
+    """The request could not be delivered (DNS, connect, TLS, dropped connection). Retried.
+
+    ``ambiguous`` tells whether the request may nevertheless have reached the service.
+    """
 
     retryable = True
     hint = "Check the endpoint and the network; the request may or may not have reached the service"
+
+
+class ClientTimeoutError(TransportError):
+    """An attempt ran out of the client's ``timeout`` (connecting, waiting for a free
+    connection, sending, or waiting for the answer). Retried.
+
+    ``ambiguous`` is true when the request had been sent, so it may have reached the service.
+    """
+
+    hint = (
+        "The service or the network is slow; raise timeout (it bounds each attempt, "
+        "connect to last byte) or max_retries"
+    )
 
 
 class ResponseFormatError(RtcSegmentError):
@@ -237,6 +260,47 @@ class ResponseFormatError(RtcSegmentError):
         if self.excerpt:
             text = f"{text} Body starts: {self.excerpt!r}"
         return text
+
+
+class WaitTimeoutError(RtcSegmentError, TimeoutError):
+    """``wait_for_segment_task`` ran out of time before the task ended or failed.
+
+    A :class:`TimeoutError`, so ``except TimeoutError`` catches it.
+
+    Attributes:
+        key: The task waited for.
+        timeout: The timeout that passed, in seconds.
+        last_task: The last state fetched, or ``None`` if no poll succeeded.
+        last_error: The error of the last poll, if it failed (transiently).
+    """
+
+    hint: ClassVar[str] = (
+        "Call wait_for_segment_task again to keep waiting, or pass a larger timeout "
+        "(timeout=None waits until the task ends)"
+    )
+
+    def __init__(
+        self,
+        key: TaskKey,
+        *,
+        timeout: float,
+        last_task: SegmentTask | None,
+        last_error: BaseException | None,
+    ) -> None:
+        if last_task is not None:
+            seen = f"last status {last_task.status.name}"
+        elif last_error is not None:
+            seen = f"no state fetched; last poll failed with {type(last_error).__name__}"
+        else:
+            seen = "no state fetched yet"
+        super().__init__(
+            f"the task did not end within {timeout:g} s ({seen})",
+            action="GetSegmentTask",
+            key=key,
+        )
+        self.timeout = timeout
+        self.last_task = last_task
+        self.last_error = last_error
 
 
 _AUTH_CODES = frozenset(
@@ -265,7 +329,6 @@ _SERVER_CODES = frozenset(
     }
 )
 _PARAMETER_CODES = frozenset({"MissingParameter", "InvalidActionOrVersion", "MethodNotAllowed"})
-_RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 
 _CLOCK_HINT = (
     "The request's X-Date was rejected: check that this machine's clock is correct "
@@ -285,10 +348,7 @@ def error_class_for(http_status: int | None, code: str) -> type[ApiError]:
         return TaskNotFoundError
     if code in _AUTH_CODES or code.startswith("AccessDenied"):
         return AuthenticationError
-    if code.startswith("InvalidParameter") or code in {
-        "MissingParameter",
-        "InvalidActionOrVersion",
-    }:
+    if code.startswith("InvalidParameter") or code in _PARAMETER_CODES:
         return InvalidParameterError
     if code.startswith("InternalError") or code in _SERVER_CODES:
         return ServerError
@@ -335,6 +395,17 @@ def error_from_service(
     return cls(message, **kwargs)  # type: ignore[arg-type]
 
 
-def is_retryable_status(http_status: int) -> bool:
-    """Whether an HTTP status alone marks a transient failure."""
-    return http_status in _RETRYABLE_STATUSES or http_status == 429
+_DEPRECATED_NAMES = {"RateLimiterUnavailable": RateLimiterUnavailableError}
+
+
+def deprecated_name(module: str, name: str) -> type[RtcSegmentError]:
+    """Resolve a deprecated alias, warning the caller; ``AttributeError`` for anything else."""
+    new = _DEPRECATED_NAMES.get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(f"{name} is deprecated; use {new.__name__}", DeprecationWarning, stacklevel=3)
+    return new
+
+
+def __getattr__(name: str) -> type[RtcSegmentError]:
+    return deprecated_name(__name__, name)

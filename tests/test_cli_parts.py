@@ -9,12 +9,11 @@ from datetime import datetime, timezone
 import pytest
 from rich.console import Console
 
-from rtc_segment import TaskStatus
+from rtc_segment import ClientStats, TaskStatus
 from rtc_segment._cli._inputs import BadLine, InputFormatError, KeyLine, read_keys
 from rtc_segment._cli._progress import PlainProgress
 from rtc_segment._cli._records import dumps, error_dict, task_record
 from rtc_segment._cli._views import Tally, format_duration, summary_view, task_view
-from rtc_segment._client import ClientStats
 from rtc_segment._errors import TaskNotFoundError
 from rtc_segment._models import (
     SegmentTask,

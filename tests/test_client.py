@@ -15,11 +15,12 @@ import httpx
 import pytest
 import respx
 
-from rtc_segment._client import MAX_RESPONSE_BYTES, Backoff, SegmentClient
+from rtc_segment import Backoff, SegmentClient
 from rtc_segment._credentials import Credentials
 from rtc_segment._errors import (
     AuthenticationError,
     ClientClosedError,
+    ClientTimeoutError,
     InvalidParameterError,
     ResponseFormatError,
     ServerError,
@@ -28,6 +29,7 @@ from rtc_segment._errors import (
     TransportError,
 )
 from rtc_segment._models import StopReason, TaskStatus
+from rtc_segment._wire import MAX_RESPONSE_BYTES
 
 CREDENTIALS = Credentials("AKLTtestAccessKey", "c2VjcmV0LWNhbmFyeS1zZWNyZXQ=")
 ENDPOINT = "https://rtc.volcengineapi.com"
@@ -253,7 +255,7 @@ async def test_transient_failures_are_retried_and_resigned(mock: respx.MockRoute
         (httpx.Response(502, text="bad gateway"), ServerError),
         (httpx.Response(504, json=error_body("InternalServiceTimeout", 100016)), ServerError),
         (httpx.Response(429, json=error_body("AccountFlowLimitExceeded")), ThrottledError),
-        (httpx.ReadTimeout("slow"), ServerError),
+        (httpx.ReadTimeout("slow"), ClientTimeoutError),
         (httpx.ConnectError("refused"), TransportError),
         (httpx.RemoteProtocolError("dropped"), TransportError),
     ],
@@ -490,12 +492,12 @@ async def test_a_cancelled_call_leaves_its_exchange_to_finish_cleanly(
         with pytest.raises(asyncio.CancelledError):
             await call  # at once: the answer has not come yet
         assert closed == []
-        assert client._slots.locked()  # type: ignore[attr-defined]  # still on the wire
+        assert client.stats.in_flight == 1  # still on the wire
         release.set()
         task = await asyncio.wait_for(client.get_segment_task("a", "r", "t"), timeout=5)
         assert task.status is TaskStatus.RUNNING
         assert closed == [True, True]
-        assert not client._slots.locked()  # type: ignore[attr-defined]
+        assert client.stats.in_flight == 0
     assert arrivals == 2
 
 

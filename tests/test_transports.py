@@ -18,18 +18,19 @@ from typing import Any
 import httpx
 import pytest
 
-from rtc_segment import SegmentClient
-from rtc_segment._client import MAX_RESPONSE_BYTES, Backoff
+from rtc_segment import Backoff, SegmentClient
+from rtc_segment._aiohttp import HTTP_BACKENDS, aiohttp_transport
 from rtc_segment._credentials import Credentials
 from rtc_segment._errors import (
     AuthenticationError,
+    ClientTimeoutError,
     ResponseFormatError,
     ServerError,
     ThrottledError,
     TransportError,
 )
 from rtc_segment._models import TaskStatus
-from rtc_segment._transports import HTTP_BACKENDS, aiohttp_transport
+from rtc_segment._wire import MAX_RESPONSE_BYTES
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
 
@@ -134,12 +135,15 @@ async def test_server_errors_are_retried_until_success(backend: str, emulator: E
     assert client.stats.retries == 2
 
 
-async def test_no_answer_in_time_is_a_server_error(backend: str, emulator: Emulator) -> None:
+async def test_no_answer_in_time_is_a_client_timeout(backend: str, emulator: Emulator) -> None:
     emulator.faults.next(1, Fault.SLOW, slow_seconds=1)
     async with emulator.serve() as url, make_client(backend, url, timeout=0.2) as client:
-        with pytest.raises(ServerError) as caught:
+        with pytest.raises(ClientTimeoutError) as caught:
             await client.get_segment_task("app", "room", "task")
-    assert caught.value.code == "ClientTimeout"
+    # A TransportError, not a service error with an invented code; the request was sent.
+    assert isinstance(caught.value, TransportError)
+    assert not isinstance(caught.value, ServerError)
+    assert caught.value.retryable
     assert caught.value.ambiguous
 
 
@@ -251,7 +255,7 @@ def test_explicit_transport_wins_over_the_backend(backend: str) -> None:
     emulator = Emulator()
     transport = emulator.transport()
     client = SegmentClient(DEFAULT_CREDENTIALS, transport=transport, http_backend=backend)  # type: ignore[arg-type]
-    assert client._http._transport is transport
+    assert client._caller.transport is transport
 
 
 def test_unknown_backend_is_refused(backend: str) -> None:
@@ -262,9 +266,9 @@ def test_unknown_backend_is_refused(backend: str) -> None:
 def test_missing_extra_says_how_to_install_it(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rtc_segment import _transports
+    from rtc_segment import _aiohttp
 
-    _transports._exact_transport_class.cache_clear()
+    _aiohttp._exact_transport_class.cache_clear()
     monkeypatch.setitem(sys.modules, "httpx_aiohttp", None)
     try:
         with pytest.raises(ImportError, match=r"rtc-segment\[aiohttp\]"):
@@ -275,12 +279,12 @@ def test_missing_extra_says_how_to_install_it(
             with pytest.raises(ImportError, match=r"rtc-segment\[aiohttp\]"):
                 SegmentClient(DEFAULT_CREDENTIALS, http_backend=backend)  # type: ignore[arg-type]
     finally:
-        _transports._exact_transport_class.cache_clear()
+        _aiohttp._exact_transport_class.cache_clear()
 
 
 def test_backend_transport_type(backend: str) -> None:
     client = SegmentClient(DEFAULT_CREDENTIALS, http_backend=backend)  # type: ignore[arg-type]
-    default = isinstance(client._http._transport, httpx.AsyncHTTPTransport)
+    default = isinstance(client._caller.transport, httpx.AsyncHTTPTransport)
     assert default is (backend == "httpcore")
 
 
@@ -303,10 +307,10 @@ async def test_the_same_headers_reach_the_wire(backend: str) -> None:
 
 
 def test_fast_urls_equal_parsed_ones() -> None:
-    from rtc_segment._transports import _url_maker
+    from rtc_segment._compat import url_maker
 
     for root in ("http://127.0.0.1:8080/", "https://rtc.volcengineapi.com/", "http://[::1]:9/"):
-        make = _url_maker(httpx.URL(root))
+        make = url_maker(httpx.URL(root))
         for query in ("Action=GetSegmentTask&AppId=a%40b&TaskId=t.-_~", "A=%E4%BD%A0&B="):
             assert make(query) == httpx.URL(f"{root}?{query}")
             assert make(query).raw_path == httpx.URL(f"{root}?{query}").raw_path

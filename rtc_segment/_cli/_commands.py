@@ -8,7 +8,8 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from .._client import ClientStats, SegmentClient
+from .._caller import ClientStats
+from .._client import SegmentClient
 from .._converter import task_to_dict
 from .._errors import RtcSegmentError
 from .._models import SegmentTask, TaskKey, TaskOutcome

@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .._client import ClientStats
+from .._caller import ClientStats
 
 __all__ = ["BarProgress", "PlainProgress", "ProgressReporter", "SilentProgress"]
 

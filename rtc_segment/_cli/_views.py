@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .._client import ClientStats
+from .._caller import ClientStats
 from .._models import SegmentTask, StorageConfig, StorageType, TaskKey, TaskStatus
 
 __all__ = ["Tally", "action_confirmation", "summary_view", "task_view"]

@@ -10,7 +10,7 @@ import attrs
 
 from .._client import SegmentClient
 from .._models import SegmentTask, TaskKey
-from .._polling import WatchEvent
+from .._watch import WatchEvent
 from ._commands import KeyLines, exit_status, parsed_input, progress_for
 from ._context import Context, make_client, open_input, run_until_interrupted
 from ._progress import ProgressReporter

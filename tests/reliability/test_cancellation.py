@@ -90,7 +90,7 @@ async def test_half_cancelled_storm_leaves_everything_exact() -> None:
         # Nothing left behind: no task, no slot held.
         await asyncio.sleep(0)
         assert asyncio.all_tasks() == {asyncio.current_task()}
-        assert client._slots._value == MAX_CONNECTIONS  # type: ignore[attr-defined]
+        assert client.stats.in_flight == 0
         assert emulator.max_in_window(1.0) <= QPS
         assert emulator.throttled_count == 0
 
@@ -111,8 +111,7 @@ async def test_half_cancelled_storm_leaves_everything_exact() -> None:
 
 
 async def exchanges_done(client: SegmentClient) -> None:
-    while client._orphans:  # type: ignore[attr-defined]
-        await asyncio.wait(list(client._orphans))  # type: ignore[attr-defined]
+    await client._caller.exchanges_settled()
 
 
 def where_cancelled(records: list[RequestRecord], when: float) -> str:
@@ -146,12 +145,12 @@ async def test_storm_over_real_sockets_leaves_the_pool_clean() -> None:
             # Requests of cancelled calls that were on the wire finish on their own (httpcore
             # must not see those cancellations, see SegmentClient.__init__); wait for them.
             await asyncio.wait_for(exchanges_done(client), timeout=5)
-            pool = client._http._transport._pool  # type: ignore[attr-defined]
+            pool = client._caller.transport._pool  # type: ignore[attr-defined]
             assert pool._requests == []
             # Every connection is idle or closed: none is stuck checked out.
             assert all(c.is_idle() or c.is_closed() for c in pool.connections), pool
             assert len(pool.connections) <= 20
-            assert client._slots._value == 20  # type: ignore[attr-defined]
+            assert client.stats.in_flight == 0
             # Still works, on the same pool.
             task = await client.get_segment_task(*keys[0])
             assert task.status == emulator.task(*keys[0]).task.status

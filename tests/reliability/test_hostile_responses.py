@@ -31,7 +31,7 @@ from rtc_segment import (
     SegmentTask,
     ThrottledError,
 )
-from rtc_segment._client import MAX_RESPONSE_BYTES
+from rtc_segment._wire import MAX_RESPONSE_BYTES
 from rtc_segment.testing import DEFAULT_CREDENTIALS
 
 KEY = ("app", "room", "task")

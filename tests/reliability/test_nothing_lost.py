@@ -16,6 +16,7 @@ import pytest
 
 from rtc_segment import (
     Backoff,
+    ClientTimeoutError,
     ResponseFormatError,
     SegmentTask,
     ServerError,
@@ -39,7 +40,7 @@ ERROR_FOR_FAULT: dict[Fault, type[Exception]] = {
     Fault.HTTP_502: ServerError,
     Fault.HTTP_503: ServerError,
     Fault.HTTP_504: ServerError,
-    Fault.SLOW: ServerError,  # no answer within the client's timeout
+    Fault.SLOW: ClientTimeoutError,  # no answer within the client's timeout
     Fault.DROP: TransportError,
     Fault.HTTP_429: ThrottledError,
     Fault.TRUNCATED_BODY: ResponseFormatError,

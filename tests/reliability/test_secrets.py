@@ -139,9 +139,11 @@ async def test_every_failure_path_keeps_the_canaries_out(
         seen.append(invalid.value)
         # 6. Success, for good measure, and everything the caller can reach.
         task = await client.get_segment_task(*KEY)
-        seen += [task, client, client.stats, client.limiter, client._signer, CREDENTIALS]
+        seen += [task, client, client.stats, client.limiter, client._caller.signer, CREDENTIALS]
         seen.append(
-            client._signer.sign(method="GET", host="h", query={"A": "b"}, now=emulator.wall_clock())
+            client._caller.signer.sign(
+                method="GET", host="h", query={"A": "b"}, now=emulator.wall_clock()
+            )
         )
     seen.append(client)  # closed
     with pytest.raises(RtcSegmentError) as closed:

@@ -30,7 +30,7 @@ KEY = ("app", "room", "task")
 
 
 def ssl_context_of(client: SegmentClient) -> ssl.SSLContext:
-    transport = client._http._transport
+    transport = client._caller.transport
     if isinstance(transport, httpx.AsyncHTTPTransport):
         return transport._pool._ssl_context  # type: ignore[attr-defined,no-any-return]
     return transport.ssl_context  # type: ignore[attr-defined,no-any-return]
@@ -104,7 +104,7 @@ async def test_redirects_are_never_followed(status: int) -> None:
 
 def test_the_pool_is_bounded() -> None:
     client = SegmentClient(DEFAULT_CREDENTIALS, max_connections=7)
-    pool = client._http._transport._pool  # type: ignore[attr-defined]
+    pool = client._caller.transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 7
     assert pool._max_keepalive_connections <= 7
 
@@ -153,10 +153,10 @@ async def test_aclose_closes_the_pool_and_every_connection() -> None:
     async with emulator.serve() as url:
         client = SegmentClient(DEFAULT_CREDENTIALS, endpoint=url, max_connections=4)
         await asyncio.gather(*(client.get_segment_task(*KEY) for _ in range(8)))
-        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        pool = client._caller.transport._pool  # type: ignore[attr-defined]
         assert 1 <= len(pool.connections) <= 4
         await client.aclose()
-        assert client.closed and client._http.is_closed
+        assert client.closed
         assert pool.connections == []
 
 

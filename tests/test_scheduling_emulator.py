@@ -24,10 +24,12 @@ from rtc_segment import (
     TaskKey,
     TaskNotFoundError,
     TaskStatus,
+    TaskWatch,
     ThrottledError,
     TransportError,
+    WaitTimeoutError,
+    WatchEvent,
 )
-from rtc_segment._polling import TaskWatch, WaitTimeoutError, WatchEvent
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault, Lifecycle
 
 

@@ -1,6 +1,6 @@
-"""A stand-in for SegmentClient with just what rtc_segment._polling uses.
+"""A stand-in for the client's actions with just what the schedulers use (a TaskFetcher).
 
-``_get`` paces on a real :class:`LocalRateLimiter` (virtual time under looptime), records
+``fetch_task`` paces on a real :class:`LocalRateLimiter` (virtual time under looptime), records
 when each key was sent, sleeps ``latency`` and then answers from ``script``: a per-task-id
 callable ``(key, now) -> SegmentTask`` that may raise. Lets the scheduling be tested
 exactly, independent of HTTP; the emulator tests cover the real path.
@@ -37,7 +37,11 @@ class FakeClient:
         self.peak_active = 0
         self.cancelled = 0
 
-    async def _get(self, key: TaskKey) -> SegmentTask:
+    @property
+    def qps(self) -> float:
+        return self.limiter.qps
+
+    async def fetch_task(self, key: TaskKey) -> SegmentTask:
         loop = asyncio.get_running_loop()
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)

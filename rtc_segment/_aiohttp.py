@@ -1,4 +1,4 @@
-"""HTTP backends: the aiohttp-backed httpx transport (extra ``aiohttp``).
+"""The aiohttp-backed httpx transport (extra ``aiohttp``).
 
 The client always speaks httpx; only the transport under it changes. httpx's own transport
 (httpcore) is the default. ``SegmentClient(http_backend="aiohttp")`` puts the
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Literal, cast
 
 import httpx
@@ -25,12 +25,17 @@ import httpx
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HTTP_BACKENDS", "DirectSender", "HttpBackend", "aiohttp_transport"]
+from ._compat import disable_connection_retry
+from ._validation import check_int
+
+__all__ = ["HTTP_BACKENDS", "HttpBackend", "aiohttp_transport"]
 
 HttpBackend = Literal["httpcore", "aiohttp"]
 """The HTTP backends a :class:`~rtc_segment.SegmentClient` can be built on."""
 HTTP_BACKENDS: tuple[HttpBackend, ...] = ("httpcore", "aiohttp")
 
+# httpx's default keep-alive expiry, so idle connections live equally long on both backends.
+_KEEPALIVE_SECONDS = 5.0
 _MISSING_EXTRA = (
     "http_backend='aiohttp' needs the aiohttp extra: pip install 'rtc-segment[aiohttp]'"
 )
@@ -46,10 +51,7 @@ def aiohttp_transport(*, max_connections: int = 100) -> httpx.AsyncBaseTransport
     Raises:
         ImportError: ``httpx-aiohttp`` is not installed.
     """
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-        raise TypeError("max_connections must be an int")
-    if max_connections < 1:
-        raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
+    check_int("max_connections", max_connections, minimum=1)
     try:
         _exact_transport_class()
     except ImportError as exc:
@@ -140,9 +142,8 @@ def _exact_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
             )
             # aiohttp silently sends a GET again when the connection fails; that second
             # arrival would bypass the client's limiter, signing and counters. The client
-            # retries itself, paced (there is no public switch for this).
-            if hasattr(session, "_retry_connection"):
-                session._retry_connection = False
+            # retries itself, paced.
+            disable_connection_retry(session)
             return session
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -155,84 +156,3 @@ def _exact_transport_class() -> Callable[..., httpx.AsyncBaseTransport]:
             return response
 
     return ExactAiohttpTransport
-
-
-# httpx's default keep-alive expiry, so idle connections live equally long on both backends.
-_KEEPALIVE_SECONDS = 5.0
-
-
-class DirectSender:
-    """Builds and sends the client's requests with the least per-call work httpx allows.
-
-    ``AsyncClient.send`` re-derives, for every request, what is constant for a client that
-    always calls one endpoint without auth hooks, redirects or cookies: which transport to
-    use, the timeout extension, the default headers, and the URL (httpx parses and re-quotes
-    a URL string in ~25 µs). This does each once and hands requests straight to the
-    transport ``AsyncClient.send`` would have chosen (a proxy from the environment
-    included). What reaches the wire is the same as ``client.send(client.build_request())``
-    would send: the signed headers plus the client's default headers.
-    """
-
-    __slots__ = ("_default_headers", "_timeout", "_transport", "_url")
-
-    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
-        root = httpx.URL(f"{base_url}/")
-        self._transport = http._transport_for_url(root)
-        self._timeout = http.timeout.as_dict()
-        self._default_headers = list(http.headers.multi_items())
-        self._url = _url_maker(root)
-
-    @property
-    def transport(self) -> httpx.AsyncBaseTransport:
-        """The transport requests are handed to."""
-        return self._transport
-
-    def request(
-        self, method: str, query_string: str, headers: Mapping[str, str], body: bytes
-    ) -> httpx.Request:
-        """The request for ``/?query_string`` (a signed, already-encoded canonical query)."""
-        return httpx.Request(
-            method,
-            self._url(query_string),
-            headers=[*headers.items(), *self._default_headers],
-            content=body if body else None,
-            extensions={"timeout": self._timeout},
-        )
-
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request``; the response body is streamed (read it, then ``aclose()``)."""
-        response = await self._transport.handle_async_request(request)
-        response.request = request
-        return response
-
-
-def _url_maker(root: httpx.URL) -> Callable[[str], httpx.URL]:
-    """A function from a canonical query string to the URL ``root?query``.
-
-    The signer percent-encodes every byte outside the unreserved set, so the query needs no
-    parsing or quoting; the fast path swaps it into the root's parsed form. It is used only
-    if it yields exactly what parsing the full URL string yields (else httpx's internals
-    changed, and the slow path is used).
-    """
-    prefix = str(root)
-
-    def parsed(query: str) -> httpx.URL:
-        return httpx.URL(f"{prefix}?{query}")
-
-    reference = getattr(root, "_uri_reference", None)
-    replace = getattr(reference, "_replace", None)
-    if replace is None:
-        return parsed
-
-    def swapped(query: str) -> httpx.URL:
-        url = httpx.URL.__new__(httpx.URL)
-        url._uri_reference = replace(query=query)
-        return url
-
-    sample = "Action=GetSegmentTask&AppId=a%40b&RoomId=r.1&TaskId=t-_~1%2F&Version=2022-06-01"
-    try:
-        fast, slow = swapped(sample), parsed(sample)
-        same = fast == slow and fast.raw_path == slow.raw_path and str(fast) == str(slow)
-    except Exception:
-        same = False
-    return swapped if same else parsed

@@ -1,8 +1,8 @@
-"""Fan-out scheduling (rtc_segment._polling.OutcomeStream) against a fake client.
+"""Fan-out scheduling (rtc_segment._fanout.OutcomeStream) against a fake fetcher.
 
 The fake paces on a real limiter in virtual time and answers from a script, so these tests
 pin down the scheduler itself: one outcome per key, laziness, the concurrency bound,
-cancellation and ordering. tests/test_polling_emulator.py runs the real client end to end.
+cancellation and ordering. tests/test_scheduling_emulator.py runs the real client end to end.
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from _polling_fake import RUNNING, FakeClient, max_in_window
+from _fetcher_fake import RUNNING, FakeClient, max_in_window
 
 from rtc_segment._errors import ServerError, TaskNotFoundError
+from rtc_segment._fanout import OutcomeStream, gather_outcomes
 from rtc_segment._models import SegmentTask, TaskKey
-from rtc_segment._polling import (
-    OutcomeStream,
-    default_concurrency,
-    gather_outcomes,
-    iter_outcomes,
-)
+from rtc_segment._scheduling import default_concurrency
 
 
 def keys(n: int, prefix: str = "t") -> list[TaskKey]:
@@ -77,7 +73,7 @@ async def test_exactly_one_outcome_per_key_whatever_fails() -> None:
         ("app", "room", 7),  # not a str: TypeError
         ("app", "room", "t0"),  # a duplicate is fetched again
     ]
-    outcomes = [o async for o in iter_outcomes(client, inputs, concurrency=3)]  # type: ignore[arg-type]
+    outcomes = [o async for o in OutcomeStream(client, inputs, concurrency=3)]  # type: ignore[arg-type]
 
     assert Counter(o.key for o in outcomes) == Counter(
         tuple(k) if isinstance(k, tuple) and len(k) == 3 else k for k in inputs
@@ -104,7 +100,7 @@ async def test_async_source_and_completion_order() -> None:
     latencies = {"slow": 5.0, "fast": 0.1}
 
     class Client(FakeClient):
-        async def _get(self, key: TaskKey) -> SegmentTask:
+        async def fetch_task(self, key: TaskKey) -> SegmentTask:
             await asyncio.sleep(latencies[key.room_id])
             return RUNNING
 
@@ -116,7 +112,7 @@ async def test_async_source_and_completion_order() -> None:
 
     loop = asyncio.get_running_loop()
     seen = []
-    async for outcome in iter_outcomes(Client(), source(), concurrency=4):
+    async for outcome in OutcomeStream(Client(), source(), concurrency=4):
         seen.append((outcome.key.task_id, round(loop.time(), 3)))
     assert seen == [("t1", 0.1), ("t2", 1.1), ("t0", 5.0)]
 
@@ -125,7 +121,7 @@ async def test_async_source_and_completion_order() -> None:
 async def test_keys_are_pulled_lazily_and_memory_is_bounded_by_concurrency() -> None:
     client = FakeClient(qps=1000.0, latency=0.01)
     source = Recorder(1_000_000)
-    stream = iter_outcomes(client, source, concurrency=5)
+    stream = OutcomeStream(client, source, concurrency=5)
     assert source.pulled == 0  # nothing happens before iteration starts
 
     received = 0
@@ -152,7 +148,7 @@ async def test_concurrency_bounds_in_flight_requests() -> None:
 @pytest.mark.looptime
 async def test_gather_keeps_input_order_though_completion_order_differs() -> None:
     class Client(FakeClient):
-        async def _get(self, key: TaskKey) -> SegmentTask:
+        async def fetch_task(self, key: TaskKey) -> SegmentTask:
             # Later keys finish first.
             await asyncio.sleep(10.0 - int(key.task_id[1:]))
             if key.task_id == "t3":
@@ -184,7 +180,7 @@ async def test_gather_of_nothing_is_empty() -> None:
 async def test_break_cancels_in_flight_work_promptly_and_leaks_no_task() -> None:
     client = FakeClient(qps=1000.0, latency=30.0)
     loop = asyncio.get_running_loop()
-    async for outcome in iter_outcomes(client, keys(100), concurrency=10):
+    async for outcome in OutcomeStream(client, keys(100), concurrency=10):
         assert outcome.ok
         waiting = client.active
         break
@@ -205,7 +201,7 @@ async def test_break_cancels_in_flight_work_promptly_and_leaks_no_task() -> None
 @pytest.mark.looptime
 async def test_aclose_and_async_with_cancel_in_flight_work() -> None:
     client = FakeClient(qps=1000.0, latency=30.0)
-    async with iter_outcomes(client, keys(100), concurrency=10) as stream:
+    async with OutcomeStream(client, keys(100), concurrency=10) as stream:
         first = await anext(stream)
         assert first.ok
         assert len(other_tasks()) == 10  # the next request is started at once
@@ -223,7 +219,7 @@ async def test_cancelling_the_consumer_cancels_in_flight_work() -> None:
     received: list[TaskKey] = []
 
     async def consume() -> None:
-        async for outcome in iter_outcomes(client, keys(100), concurrency=10):
+        async for outcome in OutcomeStream(client, keys(100), concurrency=10):
             received.append(outcome.key)
 
     consumer = asyncio.create_task(consume())
@@ -246,7 +242,7 @@ async def test_a_failing_source_yields_pulled_outcomes_then_raises() -> None:
     got: list[TaskKey] = []
 
     async def consume() -> None:
-        async for outcome in iter_outcomes(client, source(), concurrency=10):
+        async for outcome in OutcomeStream(client, source(), concurrency=10):
             got.append(outcome.key)
 
     with pytest.raises(OSError, match="key file"):
@@ -264,7 +260,7 @@ async def test_a_failing_async_source_yields_pulled_outcomes_then_raises() -> No
     got: list[TaskKey] = []
 
     async def consume() -> None:
-        async for outcome in iter_outcomes(FakeClient(), source(), concurrency=2):
+        async for outcome in OutcomeStream(FakeClient(), source(), concurrency=2):
             got.append(outcome.key)
 
     with pytest.raises(OSError, match="queue"):
@@ -287,15 +283,15 @@ async def test_pacing_holds_the_ceiling_and_keeps_the_pipe_full() -> None:
 def test_arguments_are_checked_up_front() -> None:
     client = FakeClient()
     with pytest.raises(TypeError, match="not a single key"):
-        iter_outcomes(client, TaskKey("a", "r", "t"))  # type: ignore[arg-type]
+        OutcomeStream(client, TaskKey("a", "r", "t"))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not a single key"):
-        iter_outcomes(client, "art")  # type: ignore[arg-type]
+        OutcomeStream(client, "art")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="iterable"):
-        iter_outcomes(client, 42)  # type: ignore[arg-type]
+        OutcomeStream(client, 42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=">= 1"):
-        iter_outcomes(client, [], concurrency=0)
+        OutcomeStream(client, [], concurrency=0)
     with pytest.raises(TypeError, match="int"):
-        iter_outcomes(client, [], concurrency=2.5)  # type: ignore[arg-type]
+        OutcomeStream(client, [], concurrency=2.5)  # type: ignore[arg-type]
 
 
 def test_default_concurrency_covers_a_second_at_the_ceiling_within_the_pool() -> None:

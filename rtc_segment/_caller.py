@@ -1,0 +1,413 @@
+"""The one HTTP path: limiter -> sign -> send -> classify -> retry.
+
+Every request of the library goes through :meth:`Caller.call`. The layers above it
+(``_actions``, ``_fanout``, ``_watch``, the ``SegmentClient`` facade) decide *what* to ask
+and *when*; they depend on the small :class:`Calls` protocol, never on httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import httpx
+
+from ._compat import warm_up_http_stack
+from ._credentials import Credentials
+from ._errors import ApiError, ClientClosedError, RtcSegmentError, ThrottledError
+from ._limiting import ActionLimiters, RateLimiter
+from ._models import ResponseMetadata, TaskKey
+from ._signing import Signer
+from ._version import __version__
+from ._wire import NOT_SENT, AttemptFailed, DirectSender, classify, read_capped, transport_error
+
+__all__ = ["Action", "Backoff", "Caller", "Calls", "ClientStats", "Parse"]
+
+logger = logging.getLogger("rtc_segment")
+_T = TypeVar("_T")
+
+Parse = Callable[[ResponseMetadata, Any, int, str, "TaskKey | None"], _T]
+"""Turns a successful answer ``(metadata, Result, http_status, action, key)`` into a value,
+or raises an :class:`RtcSegmentError` for an answer whose content is wrong (not retried)."""
+
+
+@attrs.frozen
+class Action:
+    """One OpenAPI action: what the query names, how it is sent, and its ceiling."""
+
+    name: str
+    version: str
+    method: str
+    qps: float
+    """The documented ceiling, per account."""
+
+
+@attrs.frozen
+class Backoff:
+    """How long to wait between attempts: capped exponential backoff with full jitter.
+
+    The wait before retry ``n`` (1-based) is uniform in ``[0, min(maximum, initial * 2**(n-1))]``.
+    When the service says how long to wait (``Retry-After`` / ``retry-after-ms``), that is
+    used instead, capped at ``retry_after_cap``.
+
+    ``Backoff.disabled()`` never waits: the switch for tests.
+    """
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    retry_after_cap: float = 30.0
+    enabled: bool = True
+
+    @classmethod
+    def disabled(cls) -> Backoff:
+        """A backoff that never sleeps (for tests)."""
+        return cls(enabled=False)
+
+    def delay(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        if not self.enabled:
+            return 0.0
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_cap)
+        return rng.uniform(0.0, min(self.maximum, self.initial * (2 ** (retry - 1))))
+
+
+@attrs.frozen
+class ClientStats:
+    """A snapshot of a client's counters (``client.stats``)."""
+
+    requests_sent: int = 0
+    """Attempts handed to the transport, retries included."""
+    retries: int = 0
+    """Attempts that were retries of an earlier one."""
+    throttled: int = 0
+    """Answers that said the quota was exceeded."""
+    succeeded: int = 0
+    """Calls that returned a result."""
+    errors: Mapping[str, int] = attrs.field(factory=dict)
+    """Calls that failed, by error class name."""
+    in_flight: int = 0
+    """Requests holding a connection slot now (waiting for the limiter, or on the wire)."""
+
+
+@attrs.define
+class _Counters:
+    requests_sent: int = 0
+    retries: int = 0
+    throttled: int = 0
+    succeeded: int = 0
+    errors: Counter[str] = attrs.field(factory=Counter)
+
+
+class Calls(Protocol):
+    """What the layers above need of the HTTP path (``Caller`` provides it)."""
+
+    @property
+    def max_connections(self) -> int:
+        """Upper bound of requests in flight."""
+        ...
+
+    def limiter_for(self, action: Action) -> RateLimiter:
+        """The limiter the attempts of ``action`` wait on."""
+        ...
+
+    async def call(
+        self,
+        action: Action,
+        *,
+        query: Mapping[str, str],
+        key: TaskKey | None,
+        body: bytes = b"",
+        parse: Parse[_T],
+        retry_if_maybe_sent: bool = True,
+    ) -> _T:
+        """Send one API request with pacing, signing and retries; see :meth:`Caller.call`."""
+        ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Caller:
+    """Sends API requests: paced, signed, retried, classified, counted.
+
+    Owns the ``httpx.AsyncClient`` (connection pool), the signer, the per-action limiters
+    and the counters. Arguments are validated by the facade (``SegmentClient``).
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        base_url: str,
+        host: str,
+        region: str,
+        limiters: ActionLimiters,
+        timeout: float,
+        max_retries: int,
+        backoff: Backoff,
+        transport: httpx.AsyncBaseTransport | None,
+        max_connections: int,
+        clock: Callable[[], datetime] | None,
+    ) -> None:
+        self._host = host
+        self._limiters = limiters
+        self._max_retries = max_retries
+        self._backoff = backoff
+        self._clock = clock or _utc_now
+        self._signer = Signer(credentials, region=region, service="rtc")
+        self._rng = random.Random()
+        self._counters = _Counters()
+        # Bounds in-flight requests to the pool size, *before* the limiter: a request that
+        # got its limiter slot must never then wait for a connection, or sends would bunch up.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        self._in_flight = 0
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+            headers={
+                "Accept": "application/json",
+                # Decompressing is where a tiny answer becomes gigabytes (the size cap
+                # counts decoded bytes); the answers are small, so ask for them plain.
+                "Accept-Encoding": "identity",
+                "User-Agent": f"rtc-segment/{__version__} httpx/{httpx.__version__}",
+            },
+        )
+        self._sender = DirectSender(self._http, base_url)
+        # httpcore mishandles a cancellation that lands while a request is on the wire: the
+        # connection can stay checked out of its pool for good (encode/httpcore#1093), and
+        # every cancelled call would shrink the pool. On httpcore's transport the exchange
+        # therefore runs in a task of its own that the caller's cancellation does not reach:
+        # the caller goes at once, the exchange finishes (within the timeout) and then gives
+        # back its connection and its slot. aclose() ends any still in flight.
+        self._shelter_exchanges = isinstance(self._sender.transport, httpx.AsyncHTTPTransport)
+        self._orphans: set[asyncio.Future[Any]] = set()
+        self._closed = False
+        warm_up_http_stack()
+
+    # -- lifecycle and introspection ---------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the pool; requests of cancelled calls still on the wire are abandoned."""
+        self._closed = True
+        orphans = list(self._orphans)
+        for exchange in orphans:
+            exchange.cancel()
+        if orphans:
+            await asyncio.wait(orphans)
+        await self._http.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`aclose`."""
+        return self._closed
+
+    def check_open(self) -> None:
+        """Raise :class:`ClientClosedError` after :meth:`aclose`."""
+        if self._closed:
+            raise ClientClosedError("this SegmentClient is closed")
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of the counters."""
+        c = self._counters
+        return ClientStats(
+            requests_sent=c.requests_sent,
+            retries=c.retries,
+            throttled=c.throttled,
+            succeeded=c.succeeded,
+            errors=dict(c.errors),
+            in_flight=self._in_flight,
+        )
+
+    @property
+    def max_connections(self) -> int:
+        """Upper bound of requests in flight."""
+        return self._max_connections
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The httpx transport requests are handed to."""
+        return self._sender.transport
+
+    @property
+    def signer(self) -> Signer:
+        """The request signer."""
+        return self._signer
+
+    def limiter_for(self, action: Action) -> RateLimiter:
+        """The limiter the attempts of ``action`` wait on."""
+        return self._limiters.get(action.name, action.qps)
+
+    async def exchanges_settled(self) -> None:
+        """Wait until the exchanges of cancelled calls still on the wire have ended."""
+        while self._orphans:
+            await asyncio.wait(list(self._orphans))
+
+    # -- the one HTTP path ---------------------------------------------------------------
+
+    async def call(
+        self,
+        action: Action,
+        *,
+        query: Mapping[str, str],
+        key: TaskKey | None,
+        body: bytes = b"",
+        parse: Parse[_T],
+        retry_if_maybe_sent: bool = True,
+    ) -> _T:
+        """Send one API request with pacing, signing and retries.
+
+        Returns ``parse(metadata, Result, http_status, action, key)`` of the successful
+        answer, or raises the typed error of the last attempt. ``retry_if_maybe_sent=False``
+        is for actions that are not idempotent: a failure after which the request may have
+        reached the service is then raised at once, not retried.
+        """
+        self.check_open()
+        limiter = self.limiter_for(action)
+        counters = self._counters
+        attempt = 0
+        resigned_for_clock = False
+        may_have_arrived = False
+        while True:
+            attempt += 1
+            try:
+                metadata, result, status = await self._attempt(action, query, key, body, limiter)
+            except AttemptFailed as failed:
+                error = failed.error
+                error.attempts = attempt
+                may_have_arrived = may_have_arrived or (failed.sent and error.retryable)
+                error.ambiguous = may_have_arrived
+                if isinstance(error, ThrottledError):
+                    counters.throttled += 1
+                # A stale X-Date (e.g. a long wait between signing and arrival) is cured by
+                # signing again; a skewed clock is not, and the second answer says so.
+                clock_retry = (
+                    isinstance(error, ApiError)
+                    and error.code == "InvalidTimestamp"
+                    and not resigned_for_clock
+                )
+                retry = clock_retry or (
+                    error.retryable
+                    and attempt <= self._max_retries
+                    and (retry_if_maybe_sent or not failed.sent)
+                )
+                resigned_for_clock = resigned_for_clock or clock_retry
+                if not retry:
+                    counters.errors[type(error).__name__] += 1
+                    raise error from None
+                delay = self._backoff.delay(attempt, failed.retry_after, self._rng)
+                logger.debug(
+                    "%s attempt %d failed (%s); retrying in %.3f s",
+                    action.name,
+                    attempt,
+                    type(error).__name__,
+                    delay,
+                )
+                counters.retries += 1
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                continue
+            try:
+                value = parse(metadata, result, status, action.name, key)
+            except RtcSegmentError as error:
+                error.attempts = attempt
+                error.ambiguous = may_have_arrived
+                counters.errors[type(error).__name__] += 1
+                raise
+            counters.succeeded += 1
+            return value
+
+    async def _attempt(
+        self,
+        action: Action,
+        query: Mapping[str, str],
+        key: TaskKey | None,
+        body: bytes,
+        limiter: RateLimiter,
+    ) -> tuple[ResponseMetadata, Any, int]:
+        """One attempt: a slot, the limiter, a fresh signature, the exchange, the verdict."""
+        await self._slots.acquire()
+        self._in_flight += 1
+        handed_off = False
+        try:
+            await limiter.acquire()
+            self.check_open()
+            # Signed after the wait, so X-Date is fresh on every attempt.
+            signed = self._signer.sign(
+                method=action.method,
+                host=self._host,
+                path="/",
+                query=query,
+                body=body,
+                content_type="application/json" if action.method != "GET" else None,
+                now=self._clock(),
+            )
+            request = self._sender.request(action.method, signed.query_string, signed.headers, body)
+            self._counters.requests_sent += 1
+            started = time.perf_counter()
+            if not self._shelter_exchanges:
+                response, payload = await self._exchange(request, action.name, key)
+            else:
+                exchange = asyncio.ensure_future(self._exchange(request, action.name, key))
+                try:
+                    response, payload = await asyncio.shield(exchange)
+                except asyncio.CancelledError:
+                    # See __init__: the exchange ends on its own (within the timeout) and
+                    # gives its connection and slot back then; the caller goes at once.
+                    handed_off = True
+                    self._orphans.add(exchange)
+                    exchange.add_done_callback(self._orphan_done)
+                    raise
+            elapsed = time.perf_counter() - started
+        finally:
+            if not handed_off:
+                self._release_slot()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s -> HTTP %d in %.1f ms",
+                action.name,
+                "" if key is None else "/".join(key),
+                response.status_code,
+                elapsed * 1000,
+            )
+        return classify(response, payload, action.name, key)
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        self._slots.release()
+
+    async def _exchange(
+        self, request: httpx.Request, action: str, key: TaskKey | None
+    ) -> tuple[httpx.Response, bytes]:
+        """Send one request, read its answer (capped) and close it."""
+        try:
+            response = await self._sender.send(request)
+        except httpx.HTTPError as exc:
+            raise AttemptFailed(
+                transport_error(exc, action, key), sent=not isinstance(exc, NOT_SENT)
+            ) from None
+        try:
+            payload = await read_capped(response, action, key)
+        finally:
+            await response.aclose()
+        return response, payload
+
+    def _orphan_done(self, exchange: asyncio.Future[Any]) -> None:
+        self._orphans.discard(exchange)
+        self._release_slot()
+        if not exchange.cancelled():
+            exchange.exception()  # retrieved: its caller is gone, the outcome does not matter
