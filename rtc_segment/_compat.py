@@ -134,8 +134,12 @@ class PacedBucket(AsyncLimiter):
 
 # -- httpx -----------------------------------------------------------------------------------
 
-if not callable(getattr(httpx.AsyncClient, "_transport_for_url", None)):
-    raise _incompatible("httpx", httpx.__version__, "AsyncClient._transport_for_url is gone")
+def _check_httpx() -> None:
+    if not callable(getattr(httpx.AsyncClient, "_transport_for_url", None)):
+        raise _incompatible("httpx", httpx.__version__, "AsyncClient._transport_for_url is gone")
+
+
+_check_httpx()
 
 
 def transport_for_url(client: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport:

@@ -304,13 +304,3 @@ async def test_the_same_headers_reach_the_wire(backend: str) -> None:
     # Uncompressed answers only, whichever library sends it (no decompression bombs).
     assert headers["accept-encoding"] == "identity"
     assert {"host", "x-date", "x-content-sha256", "authorization"} <= headers.keys()
-
-
-def test_fast_urls_equal_parsed_ones() -> None:
-    from rtc_segment._compat import url_maker
-
-    for root in ("http://127.0.0.1:8080/", "https://rtc.volcengineapi.com/", "http://[::1]:9/"):
-        make = url_maker(httpx.URL(root))
-        for query in ("Action=GetSegmentTask&AppId=a%40b&TaskId=t.-_~", "A=%E4%BD%A0&B="):
-            assert make(query) == httpx.URL(f"{root}?{query}")
-            assert make(query).raw_path == httpx.URL(f"{root}?{query}").raw_path
