@@ -1,4 +1,4 @@
-"""``get``, ``poll`` and ``watch``: thin layers over the public client API."""
+"""``get`` and ``poll``: thin layers over the public client API (``watch`` is in ``_watch``)."""
 
 from __future__ import annotations
 
