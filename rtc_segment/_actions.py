@@ -10,9 +10,10 @@ failure, StopSegment's "already stopped counts as success", GetSegmentTask's par
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._caller import Action, Calls
@@ -227,6 +228,15 @@ def parse_segment_task(
         ) from None
 
 
+def _time_left(seconds: float | None) -> Callable[[], float | None]:
+    """A function telling how much of ``seconds`` from now is left (``None``: unbounded)."""
+    if seconds is None:
+        return lambda: None
+    clock = asyncio.get_running_loop().time
+    ends = clock() + seconds
+    return lambda: max(0.0, ends - clock())
+
+
 class SegmentActions:
     """The four actions of the segment family, sent through one :class:`Calls`.
 
@@ -234,9 +244,11 @@ class SegmentActions:
     :attr:`max_connections`).
     """
 
-    def __init__(self, calls: Calls, *, max_retries: int) -> None:
+    def __init__(self, calls: Calls, *, max_retries: int, deadline: float | None) -> None:
         self._calls = calls
         self._max_retries = max_retries
+        self._deadline = deadline
+        """The default budget of each call (``None``: unbounded)."""
 
     @property
     def qps(self) -> float:
@@ -248,8 +260,10 @@ class SegmentActions:
         """Upper bound of requests in flight."""
         return self._calls.max_connections
 
-    async def fetch_task(self, key: TaskKey) -> SegmentTask:
-        """GetSegmentTask for a validated key."""
+    async def fetch_task(
+        self, key: TaskKey, *, bulk: bool = False, deadline: float | None = None
+    ) -> SegmentTask:
+        """GetSegmentTask for a validated key (``bulk``: part of a fan-out or watch)."""
         query = {
             "Action": GET_SEGMENT_TASK.name,
             "Version": GET_SEGMENT_TASK.version,
@@ -258,11 +272,22 @@ class SegmentActions:
             "TaskId": key.task_id,
         }
         return await self._calls.call(
-            GET_SEGMENT_TASK, query=query, key=key, parse=parse_segment_task
+            GET_SEGMENT_TASK,
+            query=query,
+            key=key,
+            parse=parse_segment_task,
+            bulk=bulk,
+            deadline=self._deadline if deadline is None else deadline,
         )
 
     async def _post(
-        self, action: Action, key: TaskKey, body: bytes, *, retry_if_maybe_sent: bool = True
+        self,
+        action: Action,
+        key: TaskKey,
+        body: bytes,
+        *,
+        deadline: float | None,
+        retry_if_maybe_sent: bool = True,
     ) -> None:
         query = {"Action": action.name, "Version": action.version}
         await self._calls.call(
@@ -272,22 +297,27 @@ class SegmentActions:
             body=body,
             parse=parse_ok,
             retry_if_maybe_sent=retry_if_maybe_sent,
+            deadline=self._deadline if deadline is None else deadline,
         )
 
-    async def start(self, key: TaskKey, body: bytes) -> None:
+    async def start(self, key: TaskKey, body: bytes, *, deadline: float | None = None) -> None:
         """StartSegment, never retried blindly: an ambiguous failure is resolved by reading
-        the task back (running: it landed; not found: send again; else raise)."""
+        the task back (running: it landed; not found: send again; else raise). The deadline
+        bounds the whole, read-backs included."""
         budget = self._max_retries + 1
+        left = _time_left(self._deadline if deadline is None else deadline)
         while True:
             try:
-                await self._post(START_SEGMENT, key, body, retry_if_maybe_sent=False)
+                await self._post(
+                    START_SEGMENT, key, body, deadline=left(), retry_if_maybe_sent=False
+                )
                 return
             except RtcSegmentError as error:
                 if not (error.ambiguous and error.retryable):
                     raise
                 budget -= error.attempts
                 try:
-                    task = await self.fetch_task(key)
+                    task = await self.fetch_task(key, deadline=left())
                 except TaskNotFoundError:
                     if budget <= 0:
                         raise error from None
@@ -300,14 +330,14 @@ class SegmentActions:
                 logger.debug("StartSegment %s landed although its answer was lost", "/".join(key))
                 return
 
-    async def update(self, key: TaskKey, body: bytes) -> None:
+    async def update(self, key: TaskKey, body: bytes, *, deadline: float | None = None) -> None:
         """UpdateSegment; setting values is idempotent, so transient failures are retried."""
-        await self._post(UPDATE_SEGMENT, key, body)
+        await self._post(UPDATE_SEGMENT, key, body, deadline=deadline)
 
-    async def stop(self, key: TaskKey, body: bytes) -> None:
+    async def stop(self, key: TaskKey, body: bytes, *, deadline: float | None = None) -> None:
         """StopSegment; "not found" after an attempt that may have stopped it is success."""
         try:
-            await self._post(STOP_SEGMENT, key, body)
+            await self._post(STOP_SEGMENT, key, body, deadline=deadline)
         except TaskNotFoundError as error:
             if error.ambiguous:
                 logger.debug("StopSegment %s: an earlier attempt stopped it", "/".join(key))

@@ -8,11 +8,11 @@ and *when*; they depend on the small :class:`Calls` protocol, never on httpx.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
@@ -21,8 +21,15 @@ import httpx
 
 from ._compat import warm_up_http_stack
 from ._credentials import Credentials
-from ._errors import ApiError, ClientClosedError, RtcSegmentError, ThrottledError
-from ._limiting import ActionLimiters, RateLimiter
+from ._errors import (
+    ApiError,
+    ClientClosedError,
+    ClientTimeoutError,
+    DeadlineExceededError,
+    RtcSegmentError,
+    ThrottledError,
+)
+from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._signing import Signer
 from ._version import __version__
@@ -127,6 +134,8 @@ class Calls(Protocol):
         body: bytes = b"",
         parse: Parse[_T],
         retry_if_maybe_sent: bool = True,
+        bulk: bool = False,
+        deadline: float | None = None,
     ) -> _T:
         """Send one API request with pacing, signing and retries; see :meth:`Caller.call`."""
         ...
@@ -171,6 +180,10 @@ class Caller:
         self._slots = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
         self._in_flight = 0
+        self._timeout = timeout
+        # What an attempt typically takes: a retry that cannot finish in the deadline left
+        # is not started.
+        self._typical_round_trip = 0.0
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout),
@@ -268,31 +281,54 @@ class Caller:
         body: bytes = b"",
         parse: Parse[_T],
         retry_if_maybe_sent: bool = True,
+        bulk: bool = False,
+        deadline: float | None = None,
     ) -> _T:
         """Send one API request with pacing, signing and retries.
 
         Returns ``parse(metadata, Result, http_status, action, key)`` of the successful
-        answer, or raises the typed error of the last attempt. ``retry_if_maybe_sent=False``
-        is for actions that are not idempotent: a failure after which the request may have
-        reached the service is then raised at once, not retried.
+        answer, or raises the typed error of the last attempt.
+
+        Args:
+            retry_if_maybe_sent: ``False`` for actions that are not idempotent: a failure
+                after which the request may have reached the service is then raised at
+                once, not retried.
+            bulk: Part of a fan-out or watch: waits behind single calls at the limiter.
+            deadline: Seconds the whole call may take (limiter, attempts, backoff);
+                ``None`` for no bound. Raises :class:`DeadlineExceededError` when it runs out.
         """
         self.check_open()
         limiter = self.limiter_for(action)
         counters = self._counters
+        clock = asyncio.get_running_loop().time
+        budget = _Budget(clock, deadline)
         attempt = 0
         resigned_for_clock = False
         may_have_arrived = False
+        last_error: RtcSegmentError | None = None
         while True:
             attempt += 1
             try:
-                metadata, result, status = await self._attempt(action, query, key, body, limiter)
+                metadata, result, status = await self._attempt(
+                    action, query, key, body, limiter, bulk, budget
+                )
+            except _OutOfTime as out:
+                counters.errors["DeadlineExceededError"] += 1
+                raise budget.exceeded(
+                    action,
+                    key,
+                    attempt - (0 if out.sent else 1),
+                    last_error,
+                    ambiguous=may_have_arrived or out.sent,
+                ) from None
             except AttemptFailed as failed:
-                error = failed.error
+                error = last_error = failed.error
                 error.attempts = attempt
                 may_have_arrived = may_have_arrived or (failed.sent and error.retryable)
                 error.ambiguous = may_have_arrived
                 if isinstance(error, ThrottledError):
                     counters.throttled += 1
+                    _feed_back(limiter, "observe_throttle")
                 # A stale X-Date (e.g. a long wait between signing and arrival) is cured by
                 # signing again; a skewed clock is not, and the second answer says so.
                 clock_retry = (
@@ -310,6 +346,12 @@ class Caller:
                     counters.errors[type(error).__name__] += 1
                     raise error from None
                 delay = self._backoff.delay(attempt, failed.retry_after, self._rng)
+                # Never start a retry that cannot finish within the deadline.
+                if not budget.covers(delay + self._typical_round_trip):
+                    counters.errors["DeadlineExceededError"] += 1
+                    raise budget.exceeded(
+                        action, key, attempt, error, ambiguous=may_have_arrived
+                    ) from None
                 logger.debug(
                     "%s attempt %d failed (%s); retrying in %.3f s",
                     action.name,
@@ -319,7 +361,8 @@ class Caller:
                 )
                 counters.retries += 1
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    with budget.spending("backing_off"):
+                        await asyncio.sleep(delay)
                 continue
             try:
                 value = parse(metadata, result, status, action.name, key)
@@ -338,14 +381,21 @@ class Caller:
         key: TaskKey | None,
         body: bytes,
         limiter: RateLimiter,
+        bulk: bool,
+        budget: _Budget,
     ) -> tuple[ResponseMetadata, Any, int]:
         """One attempt: a slot, the limiter, a fresh signature, the exchange, the verdict."""
-        await self._slots.acquire()
-        self._in_flight += 1
+        with budget.spending("queued"):
+            try:
+                async with budget.bound():
+                    await self._take_turn(limiter, bulk)
+            except TimeoutError:
+                raise _OutOfTime(sent=False) from None
         handed_off = False
         try:
-            await limiter.acquire()
             self.check_open()
+            if not budget.covers(0.0):  # the turn came just as the deadline ran out
+                raise _OutOfTime(sent=False)
             # Signed after the wait, so X-Date is fresh on every attempt.
             signed = self._signer.sign(
                 method=action.method,
@@ -358,24 +408,39 @@ class Caller:
             )
             request = self._sender.request(action.method, signed.query_string, signed.headers, body)
             self._counters.requests_sent += 1
-            started = time.perf_counter()
-            if not self._shelter_exchanges:
-                response, payload = await self._exchange(request, action.name, key)
-            else:
-                exchange = asyncio.ensure_future(self._exchange(request, action.name, key))
-                try:
-                    response, payload = await asyncio.shield(exchange)
-                except asyncio.CancelledError:
-                    # See __init__: the exchange ends on its own (within the timeout) and
-                    # gives its connection and slot back then; the caller goes at once.
-                    handed_off = True
-                    self._orphans.add(exchange)
-                    exchange.add_done_callback(self._orphan_done)
-                    raise
-            elapsed = time.perf_counter() - started
+            # The attempt may take `timeout`, connect to last byte, and no longer than the
+            # call's deadline leaves.
+            limit = budget.cap(self._timeout)
+            started = budget.now()
+            with budget.spending("in_attempts"):
+                if not self._shelter_exchanges:
+                    try:
+                        async with asyncio.timeout(limit):
+                            response, payload = await self._exchange(request, action.name, key)
+                    except TimeoutError:
+                        raise self._timed_out(action.name, key, budget, limit) from None
+                else:
+                    exchange = asyncio.ensure_future(
+                        self._exchange(request, action.name, key, limit=limit)
+                    )
+                    try:
+                        response, payload = await asyncio.wait_for(asyncio.shield(exchange), limit)
+                    except (asyncio.CancelledError, TimeoutError) as stopped:
+                        # See __init__: the exchange ends on its own (its body read is
+                        # bounded too) and gives its connection and slot back then; the
+                        # caller goes at once.
+                        handed_off = True
+                        self._orphans.add(exchange)
+                        exchange.add_done_callback(self._orphan_done)
+                        if isinstance(stopped, TimeoutError):
+                            raise self._timed_out(action.name, key, budget, limit) from None
+                        raise
+            elapsed = budget.now() - started
         finally:
             if not handed_off:
                 self._release_slot()
+        self._typical_round_trip += (elapsed - self._typical_round_trip) * _ROUND_TRIP_WEIGHT
+        _feed_back(limiter, "observe_round_trip", elapsed)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> HTTP %d in %.1f ms",
@@ -386,14 +451,56 @@ class Caller:
             )
         return classify(response, payload, action.name, key)
 
+    async def _take_turn(self, limiter: RateLimiter, bulk: bool) -> None:
+        """Take a connection slot, then the limiter's next send time.
+
+        The slot comes first: a request that got its send time must never then wait for a
+        connection, or sends would bunch up. Bulk work (fan-out, watching) queues at a gate
+        first, so at most one bulk request waits at the limiter and a single call made
+        meanwhile is next after it, not after the whole fan-out.
+        """
+        if bulk:
+            async with bulk_gate(limiter):
+                await self._take_slot_and_send_time(limiter)
+        else:
+            await self._take_slot_and_send_time(limiter)
+
+    async def _take_slot_and_send_time(self, limiter: RateLimiter) -> None:
+        await self._slots.acquire()
+        self._in_flight += 1
+        try:
+            await limiter.acquire()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _timed_out(
+        self, action: str, key: TaskKey | None, budget: _Budget, limit: float
+    ) -> Exception:
+        if limit < self._timeout:  # the deadline, not the timeout, cut it short
+            return _OutOfTime(sent=True)
+        return AttemptFailed(
+            ClientTimeoutError(
+                f"no complete answer within the {self._timeout:g} s timeout",
+                action=action,
+                key=key,
+            ),
+            sent=True,
+        )
+
     def _release_slot(self) -> None:
         self._in_flight -= 1
         self._slots.release()
 
     async def _exchange(
-        self, request: httpx.Request, action: str, key: TaskKey | None
+        self,
+        request: httpx.Request,
+        action: str,
+        key: TaskKey | None,
+        *,
+        limit: float | None = None,
     ) -> tuple[httpx.Response, bytes]:
-        """Send one request, read its answer (capped) and close it."""
+        """Send one request, read its answer (capped, within ``limit`` s) and close it."""
         try:
             response = await self._sender.send(request)
         except httpx.HTTPError as exc:
@@ -401,7 +508,10 @@ class Caller:
                 transport_error(exc, action, key), sent=not isinstance(exc, NOT_SENT)
             ) from None
         try:
-            payload = await read_capped(response, action, key)
+            # Cancelling a body read is safe for httpcore (the answer is closed below);
+            # this bounds an exchange whose caller has already gone on.
+            async with asyncio.timeout(limit):
+                payload = await read_capped(response, action, key)
         finally:
             await response.aclose()
         return response, payload
@@ -411,3 +521,83 @@ class Caller:
         self._release_slot()
         if not exchange.cancelled():
             exchange.exception()  # retrieved: its caller is gone, the outcome does not matter
+
+
+# How fast the typical round trip follows new ones (an exponential moving average).
+_ROUND_TRIP_WEIGHT = 0.1
+
+
+def _feed_back(limiter: RateLimiter, hook: str, *args: float) -> None:
+    """Tell the limiter what the path did, if it learns from that (LocalRateLimiter does)."""
+    observe = getattr(limiter, hook, None)
+    if observe is not None:
+        observe(*args)
+
+
+class _OutOfTime(Exception):
+    """The call's deadline ran out; ``sent`` tells whether the attempt had been sent."""
+
+    def __init__(self, *, sent: bool) -> None:
+        super().__init__()
+        self.sent = sent
+
+
+class _Budget:
+    """A call's deadline, and where its time went (for :class:`DeadlineExceededError`)."""
+
+    __slots__ = ("_clock", "_ends", "_seconds", "backing_off", "in_attempts", "queued")
+
+    def __init__(self, clock: Callable[[], float], seconds: float | None) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._ends = None if seconds is None else clock() + seconds
+        self.queued = self.in_attempts = self.backing_off = 0.0
+
+    def now(self) -> float:
+        return self._clock()
+
+    def remaining(self) -> float | None:
+        return None if self._ends is None else self._ends - self._clock()
+
+    def covers(self, seconds: float) -> bool:
+        """Whether ``seconds`` more still fit in the budget."""
+        left = self.remaining()
+        return left is None or seconds < left
+
+    def cap(self, seconds: float) -> float:
+        left = self.remaining()
+        return seconds if left is None else max(0.0, min(seconds, left))
+
+    def bound(self) -> asyncio.Timeout:
+        """A context that raises ``TimeoutError`` when the budget runs out."""
+        return asyncio.timeout_at(self._ends)
+
+    @contextlib.contextmanager
+    def spending(self, account: str) -> Iterator[None]:
+        started = self._clock()
+        try:
+            yield
+        finally:
+            setattr(self, account, getattr(self, account) + self._clock() - started)
+
+    def exceeded(
+        self,
+        action: Action,
+        key: TaskKey | None,
+        attempts: int,
+        last_error: RtcSegmentError | None,
+        *,
+        ambiguous: bool,
+    ) -> DeadlineExceededError:
+        error = DeadlineExceededError(
+            deadline=float(self._seconds or 0.0),
+            queued=self.queued,
+            in_attempts=self.in_attempts,
+            backing_off=self.backing_off,
+            last_error=last_error,
+            action=action.name,
+            key=key,
+            attempts=attempts,
+        )
+        error.ambiguous = ambiguous
+        return error

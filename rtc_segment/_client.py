@@ -25,7 +25,7 @@ from ._aiohttp import HTTP_BACKENDS, HttpBackend, aiohttp_transport
 from ._caller import Backoff, Caller, ClientStats
 from ._credentials import Credentials
 from ._fanout import OutcomeStream, gather_outcomes
-from ._limiting import ActionLimiters, LocalRateLimiter, RateLimiter
+from ._limiting import ActionLimiters, RateLimiter
 from ._models import (
     Control,
     SegmentTask,
@@ -35,7 +35,7 @@ from ._models import (
     TaskKey,
     TaskOutcome,
 )
-from ._scheduling import KeyLike
+from ._scheduling import KeyLike, check_deadline
 from ._validation import check_int, check_number, task_key
 from ._watch import TaskWatch, wait_for, watch_one
 from ._wire import check_endpoint
@@ -57,8 +57,10 @@ Keys = Iterable[KeyLike] | AsyncIterator[KeyLike]
 class SegmentClient:
     """Asyncio client for the Volcengine RTC segment-task API.
 
-    Use it as an async context manager (or call :meth:`aclose`), and share one client per
-    process: it holds the connection pool and the rate limiter.
+    Use it as an async context manager (or call :meth:`aclose`). One client per process is
+    the cheapest (one connection pool), but several are safe: clients of one account made
+    without a ``limiter`` share one limiter per action in the process, so together they
+    never exceed an action's ceiling -- a web app may build a client per request.
 
     Args:
         credentials: Access key id and secret. ``None`` resolves them from the environment
@@ -67,16 +69,24 @@ class SegmentClient:
         endpoint: Base URL of the OpenAPI gateway. ``http://`` is accepted only for loopback
             hosts (e.g. the emulator) unless ``allow_insecure_http`` is set.
         region: Signing region (``cn-north-1`` for the default endpoint).
-        qps: Ceiling of this client's own GetSegmentTask limiter when ``limiter`` is not given.
-        limiter: Any :class:`RateLimiter` for GetSegmentTask; pass one shared object (e.g. a
-            ``RedisRateLimiter``) when several clients or processes share an account.
+        qps: GetSegmentTask ceiling when ``limiter`` is not given. The process's clients of
+            one account with the same ``qps`` share one adaptive :class:`LocalRateLimiter`
+            (its margin below the ceiling follows the observed round-trip jitter).
+        limiter: Any :class:`RateLimiter` for GetSegmentTask, instead of the shared one;
+            give processes that share an account one ``RedisRateLimiter`` key.
         action_limiters: Limiters for the other actions, by action name. By default each
             action is paced on its own at its documented ceiling (StartSegment 60,
             UpdateSegment and StopSegment 150): with ``limiter.for_action(name, qps)`` when
             ``limiter`` offers it (``RedisRateLimiter`` does, so every action is shared
-            across processes), else with a ``LocalRateLimiter``.
-        timeout: Seconds for each network operation of an attempt (connect, read, write, pool).
+            across processes), else with the process's shared limiter of that action.
+        timeout: Seconds one attempt may take, connecting to last byte of the answer.
         max_retries: Retries after the first attempt, for transient failures only.
+        deadline: Default budget of each call, in seconds, covering the wait for the
+            limiter, every attempt and the backoff between them; ``None`` (the default)
+            for no bound. Each method takes its own ``deadline`` too (``None`` there means
+            this default). When it runs out the call raises
+            :class:`~rtc_segment.DeadlineExceededError`, a ``TimeoutError`` that says where
+            the time went; a retry that could not finish in what is left is not started.
         backoff: Waits between attempts; ``Backoff.disabled()`` for tests.
         http_backend: What sends the requests under httpx: ``"httpcore"`` (httpx's own
             transport, the default) or ``"aiohttp"`` (extra ``aiohttp``; faster, and keeps
@@ -100,6 +110,7 @@ class SegmentClient:
         action_limiters: Mapping[str, RateLimiter] | None = None,
         timeout: float = 10.0,
         max_retries: int = 3,
+        deadline: float | None = None,
         backoff: Backoff | None = None,
         http_backend: HttpBackend = "httpcore",
         transport: httpx.AsyncBaseTransport | None = None,
@@ -116,12 +127,14 @@ class SegmentClient:
             raise TypeError(f"clock must be a callable returning a datetime, not {clock!r}")
         base_url, host = check_endpoint(endpoint, allow_insecure_http)
         if limiter is None:
-            limiter = LocalRateLimiter(qps)
+            check_number("qps", qps, positive=True)
         elif not isinstance(limiter, RateLimiter):
             raise TypeError("limiter must provide `qps` and `async acquire()` (see RateLimiter)")
         self._limiters = ActionLimiters(
             GET_SEGMENT_TASK.name,
             limiter,
+            account=resolved.access_key_id,
+            qps=qps,
             ceilings={action.name: action.qps for action in ACTIONS},
             overrides=action_limiters,
         )
@@ -129,6 +142,7 @@ class SegmentClient:
         check_number("timeout", timeout, positive=True, type_error=ValueError)
         check_int("max_retries", max_retries, minimum=0, type_error=ValueError)
         check_int("max_connections", max_connections, minimum=1)
+        check_deadline(deadline)
         if http_backend not in HTTP_BACKENDS:
             raise ValueError(
                 f"http_backend must be one of {', '.join(map(repr, HTTP_BACKENDS))}, "
@@ -152,7 +166,7 @@ class SegmentClient:
             clock=clock,
         )
         self._base_url = base_url
-        self._actions = SegmentActions(self._caller, max_retries=max_retries)
+        self._actions = SegmentActions(self._caller, max_retries=max_retries, deadline=deadline)
         # What OutcomeStream(client, ...) and TaskWatch(client, ...) poll with.
         self._task_fetcher = self._actions
 
@@ -210,17 +224,23 @@ class SegmentClient:
 
     # -- one task ----------------------------------------------------------------------
 
-    async def get_segment_task(self, app_id: str, room_id: str, task_id: str) -> SegmentTask:
+    async def get_segment_task(
+        self, app_id: str, room_id: str, task_id: str, *, deadline: float | None = None
+    ) -> SegmentTask:
         """Fetch the state of one segment task.
+
+        A single call goes ahead of fan-out and watch polls waiting on the same limiter.
 
         Raises:
             TypeError, ValueError: an id is not a valid id (nothing is sent).
             TaskNotFoundError: no such task, or it started more than 72 hours ago.
+            DeadlineExceededError: ``deadline`` (or the client's) ran out.
             AuthenticationError, InvalidParameterError, ThrottledError, ServerError,
             TransportError, ResponseFormatError: see their docs; transient ones were
             retried ``max_retries`` times first.
         """
-        return await self._actions.fetch_task(task_key(app_id, room_id, task_id))
+        key = task_key(app_id, room_id, task_id)
+        return await self._actions.fetch_task(key, deadline=check_deadline(deadline))
 
     async def start_segment(
         self,
@@ -236,6 +256,7 @@ class SegmentClient:
         identifier: str | None = None,
         control: Control | None = None,
         business_id: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Start an audio-segment task (StartSegment, 2022-06-01).
 
@@ -249,12 +270,14 @@ class SegmentClient:
         connection after sending, 5xx answer), the client asks GetSegmentTask: a task that
         exists and has not ended means the start landed, and the call returns; no such task
         means it did not, and the start is sent again (within ``max_retries``); otherwise
-        the original error is raised with ``ambiguous=True``.
+        the original error is raised with ``ambiguous=True``. ``deadline`` bounds the
+        whole, read-backs included.
 
         Raises:
             InvalidParameterError: e.g. ``InvalidParameter.TaskAlreadyExists``.
         """
         key = task_key(app_id, room_id, task_id)
+        budget = check_deadline(deadline)
         body = start_segment_body(
             key,
             storage_config=storage_config,
@@ -266,7 +289,7 @@ class SegmentClient:
             control=control,
             business_id=business_id,
         )
-        await self._actions.start(key, body)
+        await self._actions.start(key, body, deadline=budget)
 
     async def update_segment(
         self,
@@ -278,15 +301,17 @@ class SegmentClient:
         handle: bool | None = None,
         duration: int | None = None,
         business_id: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Change a running task (UpdateSegment, 2022-06-01); give at least one of
         ``identifier``, ``handle``, ``duration`` (1-600 s; changing it restarts the slice
         timer). Setting values is idempotent, so transient failures are retried."""
         key = task_key(app_id, room_id, task_id)
+        budget = check_deadline(deadline)
         body = update_segment_body(
             key, identifier=identifier, handle=handle, duration=duration, business_id=business_id
         )
-        await self._actions.update(key, body)
+        await self._actions.update(key, body, deadline=budget)
 
     async def stop_segment(
         self,
@@ -295,6 +320,7 @@ class SegmentClient:
         task_id: str,
         *,
         business_id: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Stop a task (StopSegment, 2022-06-01). Transient failures are retried; when a
         retry finds the task already gone after an earlier attempt may have stopped it,
@@ -304,28 +330,35 @@ class SegmentClient:
             TaskNotFoundError: no running task with these ids.
         """
         key = task_key(app_id, room_id, task_id)
-        await self._actions.stop(key, stop_segment_body(key, business_id=business_id))
+        budget = check_deadline(deadline)
+        body = stop_segment_body(key, business_id=business_id)
+        await self._actions.stop(key, body, deadline=budget)
 
     # -- many tasks --------------------------------------------------------------------
 
-    def get_segment_tasks(self, keys: Keys, *, concurrency: int | None = None) -> OutcomeStream:
+    def get_segment_tasks(
+        self, keys: Keys, *, concurrency: int | None = None, deadline: float | None = None
+    ) -> OutcomeStream:
         """Fetch many tasks at the ceiling; yield one :class:`TaskOutcome` per key as each ends.
 
         Keys (``TaskKey`` or plain 3-tuples, from any iterable or async iterable) are pulled
         lazily; every key yields exactly one outcome, errors included. ``concurrency`` bounds
         the requests in flight (default: enough to keep the ceiling busy). Use ``async with``
         on the result to cancel the work in flight deterministically when leaving early.
-        See :class:`rtc_segment.OutcomeStream`.
+        ``deadline`` bounds each key's call. These calls wait behind single calls made
+        meanwhile, and use all the quota those leave. See :class:`rtc_segment.OutcomeStream`.
         """
         self._caller.check_open()
-        return OutcomeStream(self._actions, keys, concurrency=concurrency)
+        return OutcomeStream(self._actions, keys, concurrency=concurrency, deadline=deadline)
 
     async def gather_segment_tasks(
-        self, keys: Keys, *, concurrency: int | None = None
+        self, keys: Keys, *, concurrency: int | None = None, deadline: float | None = None
     ) -> list[TaskOutcome]:
         """Like :meth:`get_segment_tasks`, but return every outcome in input order."""
         self._caller.check_open()
-        return await gather_outcomes(self._actions, keys, concurrency=concurrency)
+        return await gather_outcomes(
+            self._actions, keys, concurrency=concurrency, deadline=deadline
+        )
 
     async def wait_for_segment_task(
         self,
@@ -335,15 +368,21 @@ class SegmentClient:
         *,
         poll_interval: float = 5.0,
         timeout: float | None = None,
+        deadline: float | None = None,
     ) -> SegmentTask:
         """Poll one task until it has ended or failed, and return its final state.
+
+        ``timeout`` bounds the whole wait; ``deadline`` each poll (a poll that runs out of
+        it is polled again, like a transient failure).
 
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first (a ``TimeoutError``; its
                 ``last_task`` attribute holds the last state seen).
         """
         key = task_key(app_id, room_id, task_id)
-        return await wait_for(self._actions, key, poll_interval=poll_interval, timeout=timeout)
+        return await wait_for(
+            self._actions, key, poll_interval=poll_interval, timeout=timeout, deadline=deadline
+        )
 
     def watch_segment_task(
         self,
@@ -352,11 +391,12 @@ class SegmentClient:
         task_id: str,
         *,
         poll_interval: float = 5.0,
+        deadline: float | None = None,
     ) -> AsyncIterator[SegmentTask]:
         """Yield the task's state each time it changes (the first state included), until it
-        has ended or failed."""
+        has ended or failed. ``deadline`` bounds each poll."""
         key = task_key(app_id, room_id, task_id)
-        return watch_one(self._actions, key, poll_interval=poll_interval)
+        return watch_one(self._actions, key, poll_interval=poll_interval, deadline=deadline)
 
     def watch_segment_tasks(
         self,
@@ -365,9 +405,11 @@ class SegmentClient:
         poll_interval: float = 5.0,
         concurrency: int | None = None,
         stop_when_empty: bool = True,
+        deadline: float | None = None,
     ) -> TaskWatch:
         """Watch many tasks at once, yielding a :class:`rtc_segment.WatchEvent` for each
-        task's first state and every change; see :class:`rtc_segment.TaskWatch`."""
+        task's first state and every change; ``deadline`` bounds each poll. See
+        :class:`rtc_segment.TaskWatch`."""
         self._caller.check_open()
         return TaskWatch(
             self._actions,
@@ -375,4 +417,5 @@ class SegmentClient:
             poll_interval=poll_interval,
             concurrency=concurrency,
             stop_when_empty=stop_when_empty,
+            deadline=deadline,
         )

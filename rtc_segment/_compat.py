@@ -134,6 +134,7 @@ class PacedBucket(AsyncLimiter):
 
 # -- httpx -----------------------------------------------------------------------------------
 
+
 def _check_httpx() -> None:
     if not callable(getattr(httpx.AsyncClient, "_transport_for_url", None)):
         raise _incompatible("httpx", httpx.__version__, "AsyncClient._transport_for_url is gone")

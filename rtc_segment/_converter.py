@@ -227,11 +227,11 @@ def _compile_structure(cls: type, specs: list[tuple[str, Any, Any]]) -> _Hook:
     """Generate the structure function of ``cls`` from (JSON name, default, type) specs.
 
     cattrs' ``make_dict_structure_fn`` does the same job through one hook call per field,
-    which is slower (figures: ``docs/design/converter.md``, ``benchmarks/parsing.py``). Here the common case is checked inline (the value is
-    missing, or already of the exact type, or a known enum value) and only anything
-    else goes through the field hook, which converts (integral floats, unknown enum
-    values) or raises with the path. The inline checks accept exactly what the hooks
-    accept, so both routes agree.
+    which is slower (figures: ``docs/design/converter.md``, ``benchmarks/parsing.py``).
+    Here the common case is checked inline (the value is missing, or already of the exact
+    type, or a known enum value) and only anything else goes through the field hook, which
+    converts (integral floats, unknown enum values) or raises with the path. The inline
+    checks accept exactly what the hooks accept, so both routes agree.
     """
     namespace: dict[str, Any] = {
         "__cls": cls,

@@ -18,6 +18,7 @@ __all__ = [
     "ClientClosedError",
     "ClientTimeoutError",
     "CredentialsError",
+    "DeadlineExceededError",
     "InvalidParameterError",
     "RateLimiterUnavailableError",
     "ResponseFormatError",
@@ -260,6 +261,57 @@ class ResponseFormatError(RtcSegmentError):
         if self.excerpt:
             text = f"{text} Body starts: {self.excerpt!r}"
         return text
+
+
+class DeadlineExceededError(RtcSegmentError, TimeoutError):
+    """A call's ``deadline`` ran out before it finished. A :class:`TimeoutError`.
+
+    No retry is started that could not finish within the deadline, so this is raised as
+    soon as the budget cannot cover another attempt. ``ambiguous`` is true when an attempt
+    was sent and may have reached the service.
+
+    Attributes:
+        deadline: The budget, in seconds.
+        queued: Seconds spent waiting for the rate limiter (and a connection slot).
+        in_attempts: Seconds spent sending and waiting for answers.
+        backing_off: Seconds spent waiting between attempts.
+        last_error: The error of the last attempt, if one failed.
+    """
+
+    hint: ClassVar[str] = (
+        "Raise the deadline, lower the load on this account's quota, or pass deadline=None "
+        "to wait as long as retries take"
+    )
+
+    def __init__(
+        self,
+        *,
+        deadline: float,
+        queued: float,
+        in_attempts: float,
+        backing_off: float,
+        last_error: RtcSegmentError | None,
+        action: str | None,
+        key: TaskKey | None,
+        attempts: int,
+    ) -> None:
+        spent = [
+            f"{queued:.3g} s queued for the limiter",
+            f"{in_attempts:.3g} s in {attempts} attempt{'s' if attempts != 1 else ''}",
+            f"{backing_off:.3g} s backing off",
+        ]
+        last = f"; last attempt: {type(last_error).__name__}" if last_error else ""
+        super().__init__(
+            f"the {deadline:g} s deadline ran out ({', '.join(spent)}{last})",
+            action=action,
+            key=key,
+            attempts=attempts,
+        )
+        self.deadline = deadline
+        self.queued = queued
+        self.in_attempts = in_attempts
+        self.backing_off = backing_off
+        self.last_error = last_error
 
 
 class WaitTimeoutError(RtcSegmentError, TimeoutError):

@@ -21,6 +21,7 @@ from ._scheduling import (
     Scheduler,
     TaskFetcher,
     check_concurrency,
+    check_deadline,
     check_keys_argument,
     fetcher_of,
     outcome_key,
@@ -61,8 +62,10 @@ class OutcomeStream(Scheduler):
         keys: KeySource,
         *,
         concurrency: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         check_keys_argument(keys)
+        check_deadline(deadline)
         self._iter: Iterator[KeyLike] | None = None
         self._aiter: AsyncIterator[KeyLike] | None = None
         if isinstance(keys, AsyncIterable):
@@ -76,7 +79,7 @@ class OutcomeStream(Scheduler):
             )
         fetcher = fetcher_of(source)
         self._concurrency = check_concurrency(fetcher, concurrency)
-        super().__init__(fetcher)
+        super().__init__(fetcher, deadline)
         self._pulled = 0
         self._ready: deque[tuple[int, TaskOutcome]] = deque()
         self._pull: asyncio.Task[KeyLike] | None = None
@@ -204,10 +207,11 @@ async def gather_outcomes(
     keys: KeySource,
     *,
     concurrency: int | None = None,
+    deadline: float | None = None,
 ) -> list[TaskOutcome]:
     """Fetch every key's task; return the outcomes in the order of the keys."""
     results: list[TaskOutcome | None] = []
-    async with OutcomeStream(source, keys, concurrency=concurrency) as stream:
+    async with OutcomeStream(source, keys, concurrency=concurrency, deadline=deadline) as stream:
         while True:
             try:
                 index, outcome = await stream.next_indexed()

@@ -1,20 +1,39 @@
-"""Client-side pacing: the :class:`RateLimiter` protocol and :class:`LocalRateLimiter`.
+"""Client-side pacing: the :class:`RateLimiter` protocol, :class:`LocalRateLimiter`, and
+which limiter each client and action waits on.
 
 A limiter must guarantee that no sliding one-second window holds more than ``qps`` sends
 -- not merely an average of ``qps`` -- because the service judges the ceiling where
 requests arrive. How :class:`LocalRateLimiter` does that with an aiolimiter leaky bucket,
 and why its numbers are what they are: ``docs/design/limiter.md``.
+
+Clients made without a ``limiter`` share one :class:`LocalRateLimiter` per account, action
+and ceiling within the process (:func:`shared_limiter`), so any number of clients of one
+account stay under each action's ceiling together. A limiter keeps its asyncio state per
+event loop, weakly, so a closed loop leaves nothing behind and no state crosses loops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+import attrs
+
 from ._compat import PacedBucket
+from ._pacing import STARTING_MARGIN, JitterMargin, paced_rate
 from ._validation import check_number
 
-__all__ = ["WAKE_UP_SLACK", "ActionLimiters", "LocalRateLimiter", "RateLimiter"]
+__all__ = [
+    "WAKE_UP_SLACK",
+    "ActionLimiters",
+    "LocalRateLimiter",
+    "PacingFeedback",
+    "RateLimiter",
+    "bulk_gate",
+    "shared_limiter",
+]
 
 #: Extra bucket capacity, as a fraction of one request, that absorbs late timer wake-ups
 #: (less when ``qps`` is so low that this would eat the jitter margin).
@@ -43,32 +62,68 @@ class RateLimiter(Protocol):
         ...
 
 
+class PacingFeedback(Protocol):
+    """Optional hooks a :class:`RateLimiter` may add to learn from the path.
+
+    The client calls ``observe_round_trip(seconds)`` after every answer and
+    ``observe_throttle()`` after every answer that says the quota was exceeded, on the
+    limiter the request waited on, when the limiter has them. :class:`LocalRateLimiter`
+    (adaptive) uses them to set its margin below the ceiling.
+    """
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """One request took ``seconds`` from send to the end of its answer."""
+        ...
+
+    def observe_throttle(self) -> None:
+        """The service answered that the quota was exceeded."""
+        ...
+
+
+@attrs.define
+class _LoopPacer:
+    """A limiter's state in one event loop."""
+
+    bucket: PacedBucket
+    margin: JitterMargin = attrs.field(factory=JitterMargin)
+    last_release: float = float("-inf")
+
+
 class LocalRateLimiter:
     """Paces the requests of one process so that no sliding second exceeds ``qps``.
 
     Args:
         qps: The ceiling in requests per second (the service allows 60 for GetSegmentTask).
-        utilization: Fraction of ``qps`` to actually send at, in (0, 1). The rest is the
-            margin that absorbs jitter between sending and arrival (see the module docs).
+        utilization: ``None`` (the default) adapts the send rate to the path: the margin
+            below ``qps`` follows the spread of the round trips the clients report
+            (:meth:`observe_round_trip`) and widens at once when an answer says the quota
+            was exceeded (:meth:`observe_throttle`). A number in (0, 1) fixes the rate at
+            ``utilization * qps`` instead (0.1's behaviour, at 0.99).
 
-    Share one instance between every client of the same account in the process; give
+    Clients of one account made without a ``limiter`` already share one per process; give
     processes that share an account a :class:`~rtc_segment.RedisRateLimiter` instead.
+    State is kept per event loop: one instance used from two loops (or threads) paces each
+    loop on its own.
     """
 
-    def __init__(self, qps: float = 60.0, *, utilization: float = 0.99) -> None:
+    def __init__(self, qps: float = 60.0, *, utilization: float | None = None) -> None:
         check_number("qps", qps, positive=True)
-        check_number("utilization", utilization)
-        if not 0 < utilization < 1:
-            raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
+        if utilization is not None:
+            check_number("utilization", utilization)
+            if not 0 < utilization < 1:
+                raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
         self._qps = float(qps)
-        self._utilization = float(utilization)
+        self._utilization = None if utilization is None else float(utilization)
+        fixed_rate = self._qps * (utilization or 1 / (1 + STARTING_MARGIN))
         # The bound needs 1 + slack + rate < qps + 1; at low qps give the slack at most half
         # of that headroom, so that the other half still absorbs arrival jitter.
-        slack = min(WAKE_UP_SLACK, (self._qps - self.rate) / 2)
-        # Sends are spaced, never bursted: the bucket holds one request plus the slack.
-        capacity = 1 + slack
-        self._bucket = PacedBucket(capacity, capacity / self.rate)
-        self._last_release = float("-inf")
+        self._slack = min(WAKE_UP_SLACK, (self._qps - fixed_rate) / 2)
+        self._first_rate = (
+            fixed_rate if utilization else paced_rate(self._qps, self._slack, STARTING_MARGIN)
+        )
+        self._pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPacer] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def qps(self) -> float:
@@ -76,9 +131,23 @@ class LocalRateLimiter:
         return self._qps
 
     @property
+    def adaptive(self) -> bool:
+        """Whether the send rate follows the observed path (``utilization=None``)."""
+        return self._utilization is None
+
+    @property
     def rate(self) -> float:
-        """The sustained send rate: ``utilization * qps`` requests per second."""
-        return self._qps * self._utilization
+        """The sustained send rate now, in requests per second (in the running loop)."""
+        pacer = self._pacer_if_running()
+        return self._first_rate if pacer is None else pacer.bucket.rate
+
+    @property
+    def margin(self) -> float | None:
+        """The arrival jitter allowed for now, in seconds (adaptive limiters, in a loop)."""
+        pacer = self._pacer_if_running()
+        if pacer is None or not self.adaptive:
+            return None
+        return pacer.margin.margin(pacer.bucket.now())
 
     async def acquire(self) -> None:
         """Wait until one more request may be sent without exceeding the ceiling.
@@ -88,25 +157,102 @@ class LocalRateLimiter:
         loopback), which squeezes it together with the requests a second later. Under
         sustained load there is no pause, and it costs nothing.
         """
-        bucket = self._bucket
+        pacer = self._pacer()
+        bucket = pacer.bucket
         await bucket.acquire()
         now = bucket.now()
-        if now - self._last_release > _PAUSE_INTERVALS / bucket.rate:
+        if now - pacer.last_release > _PAUSE_INTERVALS / bucket.rate:
             bucket.add(1)
-        self._last_release = now
+        pacer.last_release = now
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """Feedback from a client: one request took ``seconds`` from send to answer."""
+        if self._utilization is None:
+            pacer = self._pacer()
+            if pacer.margin.record(seconds):
+                self._repace(pacer)
+
+    def observe_throttle(self) -> None:
+        """Feedback from a client: the service said the quota was exceeded."""
+        if self._utilization is None:
+            pacer = self._pacer()
+            pacer.margin.throttled(pacer.bucket.now())
+            self._repace(pacer)
+
+    def _repace(self, pacer: _LoopPacer) -> None:
+        margin = pacer.margin.margin(pacer.bucket.now())
+        pacer.bucket.rate = paced_rate(self._qps, self._slack, margin)
+
+    def _pacer(self) -> _LoopPacer:
+        loop = asyncio.get_running_loop()
+        pacer = self._pacers.get(loop)
+        if pacer is None:
+            # Sends are spaced, never bursted: the bucket holds one request plus the slack.
+            capacity = 1 + self._slack
+            pacer = self._pacers[loop] = _LoopPacer(
+                PacedBucket(capacity, capacity / self._first_rate)
+            )
+        return pacer
+
+    def _pacer_if_running(self) -> _LoopPacer | None:
+        try:
+            return self._pacers.get(asyncio.get_running_loop())
+        except RuntimeError:
+            return None
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"
 
 
+_SHARED: dict[tuple[str, str, float], LocalRateLimiter] = {}
+
+
+def shared_limiter(account: str, action: str, qps: float) -> LocalRateLimiter:
+    """The process's one :class:`LocalRateLimiter` for ``action`` of ``account`` at ``qps``.
+
+    Every client made without an explicit limiter waits on this one, so clients of one
+    account share each action's ceiling. (Its asyncio state is per loop and weak: see
+    :class:`LocalRateLimiter`.)
+    """
+    key = (account, action, float(qps))
+    limiter = _SHARED.get(key)
+    if limiter is None:
+        limiter = _SHARED[key] = LocalRateLimiter(qps)
+    return limiter
+
+
+_GATES: weakref.WeakKeyDictionary[
+    object, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+def bulk_gate(limiter: RateLimiter) -> asyncio.Lock:
+    """The lock bulk work (fan-out, watching) holds while it waits on ``limiter``.
+
+    Bulk work queues here, one waiter at a time at the limiter, so a single interactive
+    call is never queued behind more than one bulk request. One lock per limiter and
+    event loop, shared by every client that uses the limiter.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        per_loop = _GATES.setdefault(limiter, weakref.WeakKeyDictionary())
+    except TypeError:  # a limiter that cannot be weakly referenced: a gate per loop only
+        per_loop = _GATES.setdefault(loop, weakref.WeakKeyDictionary())
+    gate = per_loop.get(loop)
+    if gate is None:
+        gate = per_loop[loop] = asyncio.Lock()
+    return gate
+
+
 class ActionLimiters:
     """The limiter of each action of one client, created on first use.
 
-    ``primary`` (GetSegmentTask) waits on ``primary_limiter``. Every other action is paced
-    on its own at its ceiling: by ``overrides[name]`` if given, else by
-    ``primary_limiter.for_action(name, qps)`` when the primary limiter offers it (a
-    ``RedisRateLimiter`` does, so every action is shared across processes), else by a
-    ``LocalRateLimiter(qps)``.
+    ``primary`` (GetSegmentTask) waits on ``primary_limiter`` if one was given, else on
+    the process's shared limiter for ``account`` at ``qps``. Every other action is paced on
+    its own at its ceiling: by ``overrides[name]`` if given, else by
+    ``primary_limiter.for_action(name, qps)`` when the given limiter offers it (a
+    ``RedisRateLimiter`` does, so every action is shared across processes), else by the
+    process's shared limiter for that action of ``account``.
 
     Raises (at construction):
         ValueError: ``overrides`` names an action not in ``ceilings``.
@@ -116,11 +262,17 @@ class ActionLimiters:
     def __init__(
         self,
         primary: str,
-        primary_limiter: RateLimiter,
+        primary_limiter: RateLimiter | None,
         *,
+        account: str,
+        qps: float,
         ceilings: Mapping[str, float],
         overrides: Mapping[str, RateLimiter] | None = None,
     ) -> None:
+        self._account = account
+        self._derive = getattr(primary_limiter, "for_action", None)
+        if primary_limiter is None:
+            primary_limiter = shared_limiter(account, primary, qps)
         self._primary = primary_limiter
         self._by_action: dict[str, RateLimiter] = {primary: primary_limiter}
         for name, given in (overrides or {}).items():
@@ -131,8 +283,8 @@ class ActionLimiters:
             if not isinstance(given, RateLimiter):
                 raise TypeError(f"action_limiters[{name!r}] must be a RateLimiter")
             self._by_action[name] = given
-        for name, qps in ceilings.items():
-            self.get(name, qps)
+        for name, ceiling in ceilings.items():
+            self.get(name, ceiling)
 
     @property
     def primary(self) -> RateLimiter:
@@ -143,8 +295,12 @@ class ActionLimiters:
         """The limiter of ``action``; made at ceiling ``qps`` if it has none yet."""
         limiter = self._by_action.get(action)
         if limiter is None:
-            derive = getattr(self._primary, "for_action", None)
-            limiter = derive(action, qps) if callable(derive) else LocalRateLimiter(qps)
+            derive = self._derive
+            limiter = (
+                derive(action, qps)
+                if callable(derive)
+                else shared_limiter(self._account, action, qps)
+            )
             self._by_action[action] = limiter
         return limiter
 

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
+from ._errors import DeadlineExceededError
 from ._models import SegmentTask, TaskKey, TaskOutcome
 from ._validation import check_int, check_number
 
@@ -33,10 +34,12 @@ __all__ = [
     "PollSource",
     "Scheduler",
     "TaskFetcher",
+    "check_deadline",
     "check_interval",
     "check_keys_argument",
     "default_concurrency",
     "fetcher_of",
+    "is_transient",
     "outcome_key",
 ]
 
@@ -66,8 +69,10 @@ class TaskFetcher(Protocol):
         """Upper bound of requests in flight."""
         ...
 
-    async def fetch_task(self, key: TaskKey) -> SegmentTask:
-        """GetSegmentTask for a validated key."""
+    async def fetch_task(
+        self, key: TaskKey, *, bulk: bool = False, deadline: float | None = None
+    ) -> SegmentTask:
+        """GetSegmentTask for a validated key; ``bulk`` polls wait behind single calls."""
         ...
 
 
@@ -108,6 +113,11 @@ def check_concurrency(source: TaskFetcher, concurrency: int | None) -> int:
     return check_int("concurrency", concurrency, minimum=1)
 
 
+def check_deadline(deadline: object) -> float | None:
+    """``deadline`` as positive finite seconds, or ``None``."""
+    return None if deadline is None else check_number("deadline", deadline, positive=True)
+
+
 def check_interval(poll_interval: object) -> float:
     """``poll_interval`` as positive finite seconds."""
     return check_number("poll_interval", poll_interval, positive=True)
@@ -128,6 +138,12 @@ def check_keys_argument(keys: object) -> None:
         )
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed poll is worth polling again: a retryable error, or a poll that ran
+    out of its deadline (the next one may not)."""
+    return bool(getattr(error, "retryable", False)) or isinstance(error, DeadlineExceededError)
+
+
 def outcome_key(raw: object) -> TaskKey:
     """The key an invalid input is reported under: as close to what was given as possible."""
     if isinstance(raw, TaskKey):
@@ -137,10 +153,12 @@ def outcome_key(raw: object) -> TaskKey:
     return cast(TaskKey, raw)
 
 
-async def _fetch(source: TaskFetcher, key: TaskKey) -> TaskOutcome:
-    """One call, with every failure turned into a value. Only cancellation escapes."""
+async def fetch_outcome(
+    source: TaskFetcher, key: TaskKey, deadline: float | None = None
+) -> TaskOutcome:
+    """One bulk call, with every failure turned into a value. Only cancellation escapes."""
     try:
-        task = await source.fetch_task(key)
+        task = await source.fetch_task(key, bulk=True, deadline=deadline)
     except Exception as error:  # a bug in one call must not lose its key
         return TaskOutcome(key, error=error)
     return TaskOutcome(key, task=task)
@@ -186,8 +204,9 @@ class Scheduler:
     :meth:`_on_close` (returning any extra task to cancel).
     """
 
-    def __init__(self, source: TaskFetcher) -> None:
+    def __init__(self, source: TaskFetcher, deadline: float | None = None) -> None:
         self._source = source
+        self._deadline = deadline
         self._in_flight: dict[asyncio.Future[Any], Any] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -231,7 +250,9 @@ class Scheduler:
 
     def _start(self, key: TaskKey, entry: object) -> None:
         """Start polling ``key``; ``entry`` comes back to :meth:`_poll_done`."""
-        task = asyncio.get_running_loop().create_task(_fetch(self._source, key))
+        task = asyncio.get_running_loop().create_task(
+            fetch_outcome(self._source, key, self._deadline)
+        )
         self._in_flight[task] = entry
         task.add_done_callback(self._on_done)
 

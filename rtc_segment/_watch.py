@@ -26,9 +26,11 @@ from ._scheduling import (
     Scheduler,
     TaskFetcher,
     check_concurrency,
+    check_deadline,
     check_interval,
     check_keys_argument,
     fetcher_of,
+    is_transient,
     outcome_key,
     outcome_of,
 )
@@ -54,27 +56,29 @@ def watch_one(
     key: TaskKey,
     *,
     poll_interval: float = 5.0,
+    deadline: float | None = None,
 ) -> AsyncIterator[SegmentTask]:
     """Yield the task's state each time it changes (the first state included), until it ends.
 
     Polls at most once per ``poll_interval`` seconds (measured from the end of one poll to
     the start of the next). A poll that fails transiently (after the client's own retries)
     is skipped and tried again after ``poll_interval``; a permanent error (not found,
-    authentication, invalid parameter) is raised.
+    authentication, invalid parameter) is raised. ``deadline`` bounds each poll; a poll
+    that runs out of it counts as a transient failure.
     """
     interval = check_interval(poll_interval)
-    return _watch_one(source, key, interval, _LastSeen())
+    return _watch_one(source, key, interval, check_deadline(deadline), _LastSeen())
 
 
 async def _watch_one(
-    source: TaskFetcher, key: TaskKey, interval: float, seen: _LastSeen
+    source: TaskFetcher, key: TaskKey, interval: float, deadline: float | None, seen: _LastSeen
 ) -> AsyncIterator[SegmentTask]:
     last: SegmentTask | None = None
     while True:
         try:
-            task = await source.fetch_task(key)
+            task = await source.fetch_task(key, bulk=True, deadline=deadline)
         except RtcSegmentError as error:
-            if not error.retryable:
+            if not is_transient(error):
                 raise
             seen.error = error
             logger.warning(
@@ -96,6 +100,7 @@ async def wait_for(
     *,
     poll_interval: float = 5.0,
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> SegmentTask:
     """Poll one task until it has ended or failed, and return that final state.
 
@@ -106,10 +111,11 @@ async def wait_for(
     interval = check_interval(poll_interval)
     if timeout is not None:
         check_number("timeout", timeout, minimum=0)
+    per_poll = check_deadline(deadline)
     seen = _LastSeen()
 
     async def until_terminal() -> SegmentTask:
-        async for task in _watch_one(source, key, interval, seen):
+        async for task in _watch_one(source, key, interval, per_poll, seen):
             if task.is_terminal:
                 return task
         raise AssertionError("unreachable: the watch ends only after a terminal state")
@@ -192,6 +198,7 @@ class TaskWatch(Scheduler):
         poll_interval: float = 5.0,
         concurrency: int | None = None,
         stop_when_empty: bool = True,
+        deadline: float | None = None,
     ) -> None:
         check_keys_argument(keys)
         if isinstance(keys, AsyncIterable) or not isinstance(keys, Iterable):
@@ -202,7 +209,7 @@ class TaskWatch(Scheduler):
         self._interval = check_interval(poll_interval)
         fetcher = fetcher_of(source)
         self._concurrency = check_concurrency(fetcher, concurrency)
-        super().__init__(fetcher)
+        super().__init__(fetcher, check_deadline(deadline))
         self._stop_when_empty = bool(stop_when_empty)
         self._watched: dict[TaskKey, _Watched] = {}
         # Idle keys by the time they may be polled next; ties in insertion order. Entries of
@@ -358,7 +365,7 @@ class TaskWatch(Scheduler):
         outcome = outcome_of(task, state.key)
         error = outcome.error
         if error is not None:
-            if getattr(error, "retryable", False):
+            if is_transient(error):
                 self._events.append(WatchEvent(state.key, error=error))
                 self._reschedule(state, now)
             else:

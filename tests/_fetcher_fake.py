@@ -41,7 +41,7 @@ class FakeClient:
     def qps(self) -> float:
         return self.limiter.qps
 
-    async def fetch_task(self, key: TaskKey) -> SegmentTask:
+    async def fetch_task(self, key: TaskKey, **_: object) -> SegmentTask:
         loop = asyncio.get_running_loop()
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)

@@ -100,7 +100,7 @@ async def test_async_source_and_completion_order() -> None:
     latencies = {"slow": 5.0, "fast": 0.1}
 
     class Client(FakeClient):
-        async def fetch_task(self, key: TaskKey) -> SegmentTask:
+        async def fetch_task(self, key: TaskKey, **_: object) -> SegmentTask:
             await asyncio.sleep(latencies[key.room_id])
             return RUNNING
 
@@ -148,7 +148,7 @@ async def test_concurrency_bounds_in_flight_requests() -> None:
 @pytest.mark.looptime
 async def test_gather_keeps_input_order_though_completion_order_differs() -> None:
     class Client(FakeClient):
-        async def fetch_task(self, key: TaskKey) -> SegmentTask:
+        async def fetch_task(self, key: TaskKey, **_: object) -> SegmentTask:
             # Later keys finish first.
             await asyncio.sleep(10.0 - int(key.task_id[1:]))
             if key.task_id == "t3":

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- start, update, stop --------------------------------------------------------------------
 
-#: ``--storage-type`` names and the ``--vendor`` names of third-party storage (https://www.volcengine.com/docs/6348/1188212, StorageConfig).
+#: ``--storage-type`` names and the ``--vendor`` names of third-party storage
+#: (StorageConfig in https://www.volcengine.com/docs/6348/1188212).
 STORAGE_TYPES = ("tos", "vod", "custom", "veimagex")
 VENDORS = {"s3": 0, "oss": 1, "obs": 2, "cos": 3, "kodo": 4}
 _STREAM_TYPES = {"normal": 0, "screen": 1}

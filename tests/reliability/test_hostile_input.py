@@ -401,7 +401,7 @@ LIMITER_BAD: list[tuple[str, Any, type[Exception]]] = [
     ("qps", -0.5, ValueError),
     ("qps", float("nan"), ValueError),
     ("qps", float("inf"), ValueError),
-    ("utilization", None, TypeError),
+    ("utilization", "0.9", TypeError),
     ("utilization", 0, ValueError),
     ("utilization", 1, ValueError),
     ("utilization", 1.5, ValueError),
