@@ -191,7 +191,7 @@ async def test_slow_answer_times_the_client_out_in_virtual_time() -> None:
     emulator.add_task(*KEY)
     emulator.faults.next(1, Fault.SLOW, slow_seconds=30)
     async with client_for(emulator, IN_PROCESS, timeout=2.0) as client:
-        with pytest.raises(ClientTimeoutError, match="within the .* timeout"):
+        with pytest.raises(ClientTimeoutError, match=r"within the .* timeout"):
             await client.get_segment_task(*KEY)
     # A slow answer was still served: the request counted and was a read.
     assert emulator.requests[0].fault is Fault.SLOW
@@ -212,7 +212,7 @@ async def test_slow_answer_times_out_over_the_loopback_server() -> None:
     emulator.add_task(*KEY)
     emulator.faults.next(1, Fault.SLOW, slow_seconds=5)
     async with client_for(emulator, "loopback", timeout=0.2) as client:
-        with pytest.raises(ClientTimeoutError, match="within the .* timeout"):
+        with pytest.raises(ClientTimeoutError, match=r"within the .* timeout"):
             await client.get_segment_task(*KEY)
 
 
