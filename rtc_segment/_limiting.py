@@ -9,15 +9,16 @@ and why its numbers are what they are: ``docs/design/limiter.md``.
 Clients made without a ``limiter`` share one :class:`LocalRateLimiter` per account, action
 and ceiling within the process (:func:`shared_limiter`), so any number of clients of one
 account stay under each action's ceiling together. A limiter keeps its asyncio state per
-event loop, weakly, so a closed loop leaves nothing behind and no state crosses loops.
+event loop (a closed loop's is dropped when the next loop arrives), so no state crosses
+loops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -80,6 +81,43 @@ class PacingFeedback(Protocol):
         ...
 
 
+_T = TypeVar("_T")
+
+
+class _PerLoop(Generic[_T]):
+    """One value per event loop, made on first use in that loop.
+
+    The values hold their loop (futures, timers), so a weak mapping could never let a loop
+    go; instead the values of closed loops are dropped whenever a new loop arrives.
+    """
+
+    __slots__ = ("_factory", "_values")
+
+    def __init__(self, factory: Callable[[], _T]) -> None:
+        self._factory = factory
+        self._values: dict[asyncio.AbstractEventLoop, _T] = {}
+
+    def get(self) -> _T:
+        """The value of the running loop."""
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is None:
+            for old in [old for old in self._values if old.is_closed()]:
+                del self._values[old]
+            value = self._values[loop] = self._factory()
+        return value
+
+    def running(self) -> _T | None:
+        """The value of the running loop, if it has one (``None`` outside a loop too)."""
+        try:
+            return self._values.get(asyncio.get_running_loop())
+        except RuntimeError:
+            return None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 @attrs.define
 class _LoopPacer:
     """A limiter's state in one event loop."""
@@ -121,9 +159,7 @@ class LocalRateLimiter:
         self._first_rate = (
             fixed_rate if utilization else paced_rate(self._qps, self._slack, STARTING_MARGIN)
         )
-        self._pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPacer] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._pacers = _PerLoop(self._new_pacer)
 
     @property
     def qps(self) -> float:
@@ -138,13 +174,13 @@ class LocalRateLimiter:
     @property
     def rate(self) -> float:
         """The sustained send rate now, in requests per second (in the running loop)."""
-        pacer = self._pacer_if_running()
+        pacer = self._pacers.running()
         return self._first_rate if pacer is None else pacer.bucket.rate
 
     @property
     def margin(self) -> float | None:
         """The arrival jitter allowed for now, in seconds (adaptive limiters, in a loop)."""
-        pacer = self._pacer_if_running()
+        pacer = self._pacers.running()
         if pacer is None or not self.adaptive:
             return None
         return pacer.margin.margin(pacer.bucket.now())
@@ -157,7 +193,7 @@ class LocalRateLimiter:
         loopback), which squeezes it together with the requests a second later. Under
         sustained load there is no pause, and it costs nothing.
         """
-        pacer = self._pacer()
+        pacer = self._pacers.get()
         bucket = pacer.bucket
         await bucket.acquire()
         now = bucket.now()
@@ -168,14 +204,14 @@ class LocalRateLimiter:
     def observe_round_trip(self, seconds: float) -> None:
         """Feedback from a client: one request took ``seconds`` from send to answer."""
         if self._utilization is None:
-            pacer = self._pacer()
+            pacer = self._pacers.get()
             if pacer.margin.record(seconds):
                 self._repace(pacer)
 
     def observe_throttle(self) -> None:
         """Feedback from a client: the service said the quota was exceeded."""
         if self._utilization is None:
-            pacer = self._pacer()
+            pacer = self._pacers.get()
             pacer.margin.throttled(pacer.bucket.now())
             self._repace(pacer)
 
@@ -183,22 +219,10 @@ class LocalRateLimiter:
         margin = pacer.margin.margin(pacer.bucket.now())
         pacer.bucket.rate = paced_rate(self._qps, self._slack, margin)
 
-    def _pacer(self) -> _LoopPacer:
-        loop = asyncio.get_running_loop()
-        pacer = self._pacers.get(loop)
-        if pacer is None:
-            # Sends are spaced, never bursted: the bucket holds one request plus the slack.
-            capacity = 1 + self._slack
-            pacer = self._pacers[loop] = _LoopPacer(
-                PacedBucket(capacity, capacity / self._first_rate)
-            )
-        return pacer
-
-    def _pacer_if_running(self) -> _LoopPacer | None:
-        try:
-            return self._pacers.get(asyncio.get_running_loop())
-        except RuntimeError:
-            return None
+    def _new_pacer(self) -> _LoopPacer:
+        # Sends are spaced, never bursted: the bucket holds one request plus the slack.
+        capacity = 1 + self._slack
+        return _LoopPacer(PacedBucket(capacity, capacity / self._first_rate))
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"
@@ -221,9 +245,8 @@ def shared_limiter(account: str, action: str, qps: float) -> LocalRateLimiter:
     return limiter
 
 
-_GATES: weakref.WeakKeyDictionary[
-    object, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
-] = weakref.WeakKeyDictionary()
+_GATES: weakref.WeakKeyDictionary[object, _PerLoop[asyncio.Lock]] = weakref.WeakKeyDictionary()
+_GATES_OF_UNREFERENCEABLE: _PerLoop[asyncio.Lock] = _PerLoop(asyncio.Lock)
 
 
 def bulk_gate(limiter: RateLimiter) -> asyncio.Lock:
@@ -233,15 +256,13 @@ def bulk_gate(limiter: RateLimiter) -> asyncio.Lock:
     call is never queued behind more than one bulk request. One lock per limiter and
     event loop, shared by every client that uses the limiter.
     """
-    loop = asyncio.get_running_loop()
     try:
-        per_loop = _GATES.setdefault(limiter, weakref.WeakKeyDictionary())
-    except TypeError:  # a limiter that cannot be weakly referenced: a gate per loop only
-        per_loop = _GATES.setdefault(loop, weakref.WeakKeyDictionary())
-    gate = per_loop.get(loop)
-    if gate is None:
-        gate = per_loop[loop] = asyncio.Lock()
-    return gate
+        gates = _GATES.get(limiter)
+        if gates is None:
+            gates = _GATES[limiter] = _PerLoop(asyncio.Lock)
+    except TypeError:  # a limiter that cannot be weakly referenced: one gate per loop
+        gates = _GATES_OF_UNREFERENCEABLE
+    return gates.get()
 
 
 class ActionLimiters:

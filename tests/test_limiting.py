@@ -157,3 +157,128 @@ def test_protocol_and_validation() -> None:
         LocalRateLimiter("60")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="utilization"):
         LocalRateLimiter(60, utilization=1.0)
+
+
+# -- one quota per account per process ---------------------------------------------------------
+
+
+def test_clients_of_one_account_share_each_actions_limiter() -> None:
+    from rtc_segment import Credentials, SegmentClient
+    from rtc_segment._limiting import shared_limiter
+
+    alice = Credentials("AKLTalice", "secret-a")
+    first, second = SegmentClient(alice), SegmentClient(alice)
+    assert first.limiter is second.limiter
+    assert first.limiter is shared_limiter("AKLTalice", "GetSegmentTask", 60.0)
+    assert (
+        dict(first._limiters.items())["StopSegment"]
+        is dict(second._limiters.items())["StopSegment"]
+    )
+    # Another account, another ceiling, or an explicit limiter: not shared.
+    assert SegmentClient(Credentials("AKLTbob", "secret-b")).limiter is not first.limiter
+    assert SegmentClient(alice, qps=30).limiter is not first.limiter
+    own = LocalRateLimiter(60)
+    assert SegmentClient(alice, limiter=own).limiter is own
+
+
+def test_a_limiter_keeps_its_state_per_event_loop() -> None:
+    import gc
+    import warnings
+
+    limiter = LocalRateLimiter(10)
+
+    async def burst() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(3):
+            await limiter.acquire()
+        return loop.time() - start
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # aiolimiter warns when one bucket crosses loops
+        first = asyncio.run(burst())
+        second = asyncio.run(burst())
+    # Each loop paced on its own, from idle: the second did not inherit the first's level.
+    assert second == pytest.approx(first, rel=0.2)
+    gc.collect()
+    # A new loop finds the closed ones' state gone: only its own is kept.
+    assert len(limiter._pacers) == 1
+
+
+@pytest.mark.looptime
+async def test_three_clients_of_one_account_stay_under_the_ceiling_together() -> None:
+    from rtc_segment import SegmentClient
+    from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
+
+    emulator = Emulator(qps=60, latency=0.05)
+    keys = [emulator.add_task("app", f"room{i}", f"task{i}").key for i in range(360)]
+    clients = [
+        SegmentClient(
+            DEFAULT_CREDENTIALS, transport=emulator.transport(), clock=emulator.wall_clock
+        )
+        for _ in range(3)
+    ]
+    results = await asyncio.gather(
+        *(
+            client.gather_segment_tasks(keys[i * 120 : (i + 1) * 120])
+            for i, client in enumerate(clients)
+        )
+    )
+    for client in clients:
+        await client.aclose()
+    outcomes = [outcome for result in results for outcome in result]
+    assert len(outcomes) == 360
+    assert all(outcome.ok for outcome in outcomes)
+    assert emulator.stats.throttled == 0
+    assert emulator.max_in_window(1.0) <= 60
+
+
+# -- adaptive margin ---------------------------------------------------------------------------
+
+
+@pytest.mark.looptime
+async def test_the_rate_follows_the_observed_round_trip_spread() -> None:
+    limiter = LocalRateLimiter(60)
+    assert limiter.adaptive
+    await limiter.acquire()
+    start_rate = limiter.rate
+    for i in range(64):  # round trips spread over 50-70 ms
+        limiter.observe_round_trip(0.05 + 0.02 * (i % 11) / 10)
+    assert limiter.margin == pytest.approx(0.02)
+    assert limiter.rate == pytest.approx((60 - 0.1) / 1.02, rel=1e-4)
+    assert limiter.rate < start_rate
+    # A quiet path (1 ms of spread) gets close to the ceiling: 59.7 of 60.
+    quiet = LocalRateLimiter(60)
+    await quiet.acquire()
+    for i in range(64):
+        quiet.observe_round_trip(0.05 + 0.001 * (i % 2))
+    assert quiet.rate > 0.995 * 60
+
+
+@pytest.mark.looptime
+async def test_a_throttle_widens_the_margin_at_once_and_it_relaxes_slowly() -> None:
+    limiter = LocalRateLimiter(60)
+    await limiter.acquire()
+    before = limiter.rate
+    limiter.observe_throttle()
+    widened = limiter.rate
+    assert widened < before
+    limiter.observe_throttle()  # the same crowded second: one event
+    assert limiter.rate == widened
+    await asyncio.sleep(120)
+    limiter.observe_round_trip(0.05)  # any feedback re-paces
+    limiter.observe_throttle()
+    limiter.observe_round_trip(0.05)
+    assert limiter.margin is not None and limiter.margin < 0.02
+
+
+@pytest.mark.looptime
+async def test_a_fixed_utilization_ignores_feedback() -> None:
+    limiter = LocalRateLimiter(60, utilization=0.99)
+    assert not limiter.adaptive
+    await limiter.acquire()
+    limiter.observe_throttle()
+    for _ in range(64):
+        limiter.observe_round_trip(0.3)
+    assert limiter.rate == pytest.approx(59.4)
+    assert limiter.margin is None

@@ -304,3 +304,34 @@ async def test_the_same_headers_reach_the_wire(backend: str) -> None:
     # Uncompressed answers only, whichever library sends it (no decompression bombs).
     assert headers["accept-encoding"] == "identity"
     assert {"host", "x-date", "x-content-sha256", "authorization"} <= headers.keys()
+
+
+def trickle(body_size: int, every: float) -> Handler:
+    """Headers at once, then the body two bytes at a time: each read is quick, the whole slow."""
+
+    async def handler(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {body_size}\r\n\r\n"
+        writer.write(head.encode())
+        await writer.drain()
+        for _ in range(body_size // 2):
+            await asyncio.sleep(every)
+            writer.write(b"  ")
+            await writer.drain()
+
+    return handler
+
+
+async def test_timeout_bounds_the_whole_attempt_not_each_read(backend: str) -> None:
+    # 300 bytes at 2 bytes per 0.1 s take 15 s; every single read takes 0.1 s, well within
+    # the timeout, so only a bound on the whole attempt ends the call.
+    async with (
+        raw_server(trickle(300, 0.1)) as (url, _heads),
+        make_client(backend, url, timeout=1.0) as client,
+    ):
+        call = client.get_segment_task("app", "room", "task")
+        with pytest.raises(ClientTimeoutError, match="1 s timeout") as caught:
+            await asyncio.wait_for(call, timeout=6.0)
+        assert caught.value.ambiguous  # it was sent
+        # The connection and its slot come back: the client goes on working.
+        await asyncio.wait_for(client._caller.exchanges_settled(), timeout=6.0)
+        assert client.stats.in_flight == 0
