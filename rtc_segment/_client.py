@@ -439,9 +439,9 @@ class SegmentClient:
         Raises:
             TypeError, ValueError: an id is not a valid id (nothing is sent).
             TaskNotFoundError: no such task, or it started more than 72 hours ago.
-            AuthenticationError, InvalidParameterError, ThrottledError, ServerError,
-            TransportError, ResponseFormatError: see their docs; transient ones were
-            retried ``max_retries`` times first.
+            RtcSegmentError: any other failure, as its subclass (AuthenticationError,
+                InvalidParameterError, ThrottledError, ServerError, TransportError,
+                ResponseFormatError); transient ones were retried ``max_retries`` times first.
         """
         key = TaskKey(
             validate_id("app_id", app_id),
