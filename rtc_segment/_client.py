@@ -235,9 +235,9 @@ class SegmentClient:
             TypeError, ValueError: an id is not a valid id (nothing is sent).
             TaskNotFoundError: no such task, or it started more than 72 hours ago.
             DeadlineExceededError: ``deadline`` (or the client's) ran out.
-            AuthenticationError, InvalidParameterError, ThrottledError, ServerError,
-            TransportError, ResponseFormatError: see their docs; transient ones were
-            retried ``max_retries`` times first.
+            RtcSegmentError: any other failure, as its subclass (AuthenticationError,
+                InvalidParameterError, ThrottledError, ServerError, TransportError,
+                ResponseFormatError); transient ones were retried ``max_retries`` times first.
         """
         key = task_key(app_id, room_id, task_id)
         return await self._actions.fetch_task(key, deadline=check_deadline(deadline))
