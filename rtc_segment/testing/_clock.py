@@ -18,7 +18,13 @@ import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["StitchedClock", "anchored_wall_clock"]
+__all__ = ["RESOLUTION", "StitchedClock", "anchored_wall_clock"]
+
+#: Instants closer than this (seconds) are one instant. Times are floats built by adding
+#: offsets, so two requests sent exactly 1 s apart can come out 0.99999999999994 s apart;
+#: the ceiling and the record both treat such a gap as the full second, so that a client
+#: pacing at exactly the ceiling is not refused a request over noise.
+RESOLUTION = 1e-9
 
 
 class StitchedClock:

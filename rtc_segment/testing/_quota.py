@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from . import _envelope as errors
+from ._clock import RESOLUTION
 
 __all__ = ["Quota", "check_qps"]
 
@@ -73,7 +74,7 @@ class Quota:
         window = self._windows.get((account, action))
         if window is None:
             window = self._windows[account, action] = deque()
-        horizon = now - 1.0
+        horizon = now - 1.0 + RESOLUTION
         while window and window[0] <= horizon:
             window.popleft()
         if len(window) >= ceiling:

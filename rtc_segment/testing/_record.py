@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from .._models import TaskKey
+from ._clock import RESOLUTION
 from ._faults import Fault
 
 __all__ = ["EmulatorStats", "RequestRecord", "max_in_window"]
@@ -116,7 +117,7 @@ class _WindowMax:
 
     def add(self, at: float) -> None:
         times = self._times
-        horizon = at - self.width
+        horizon = at - self.width + RESOLUTION
         while times and times[0] <= horizon:
             times.popleft()
         times.append(at)
@@ -128,9 +129,10 @@ def max_in_window(times: Iterable[float], seconds: float = 1.0) -> int:
     """The most of ``times`` in any sliding window of ``seconds``: the measure of a ceiling.
 
     Windows are half-open, ``[t, t + seconds)``, the rule the emulator's ceiling applies: two
-    events exactly ``seconds`` apart are never in one window. ``times`` may come in any
-    order (they are sorted here). No tolerance is added for floating-point noise, so the
-    answer agrees with what the emulator would have admitted at the same instants.
+    events exactly ``seconds`` apart are never in one window. Like the ceiling, it treats
+    events less than a nanosecond short of ``seconds`` apart as ``seconds`` apart, so that
+    floating-point noise does not invent an extra event in a window. ``times`` may come in
+    any order (they are sorted here).
 
     Example: ``max_in_window([0.0, 0.5, 0.99, 1.0]) == 3``.
 
@@ -141,7 +143,10 @@ def max_in_window(times: Iterable[float], seconds: float = 1.0) -> int:
         raise ValueError(f"seconds must be a positive number, got {seconds!r}")
     ordered = sorted(times)
     return max(
-        (bisect.bisect_left(ordered, start + seconds) - i for i, start in enumerate(ordered)),
+        (
+            bisect.bisect_left(ordered, start + seconds - RESOLUTION) - i
+            for i, start in enumerate(ordered)
+        ),
         default=0,
     )
 
