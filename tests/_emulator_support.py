@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 
-from rtc_segment import Backoff, SegmentClient
+from rtc_segment import Backoff, Credentials, SegmentClient
+from rtc_segment._signing import Signer
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
 
 IN_PROCESS = "in_process"
@@ -61,3 +64,34 @@ async def raw_http_for(emulator: Emulator, delivery: str) -> AsyncIterator[httpx
     else:
         async with emulator.serve() as url, httpx.AsyncClient(base_url=url) as http:
             yield http
+
+
+async def send_signed(
+    http: httpx.AsyncClient,
+    query: Mapping[str, str],
+    *,
+    body: Any = None,
+    credentials: Credentials = DEFAULT_CREDENTIALS,
+    now: datetime | None = None,
+) -> httpx.Response:
+    """One request signed as the client signs it: GET with the query, or POST with ``body``
+    (any JSON value) -- for actions and versions the client does not speak."""
+    method = "GET" if body is None else "POST"
+    content = b"" if body is None else json.dumps(body).encode()
+    signed = Signer(credentials, region="cn-north-1").sign(
+        method=method,
+        host=http.base_url.netloc.decode(),
+        query=dict(query),
+        body=content,
+        content_type=None if body is None else "application/json",
+        now=now or datetime.now(timezone.utc),
+    )
+    return await http.request(
+        method, f"/?{signed.query_string}", headers=signed.headers, content=content or None
+    )
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    """``ResponseMetadata.Error`` of an answer (KeyError when it has none)."""
+    error: dict[str, Any] = response.json()["ResponseMetadata"]["Error"]
+    return error

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from rtc_segment._limiting import LocalRateLimiter
 from rtc_segment._models import SegmentTask, TaskKey, TaskStatus
 
+# Re-exported for the scheduling tests: the one sliding-window count, as the emulator counts.
+from rtc_segment.testing import max_in_window as max_in_window
+
 Script = Callable[[TaskKey, float], SegmentTask]
 
 RUNNING = SegmentTask(start_time=1_700_000_000_000, status=TaskStatus.RUNNING)
@@ -61,14 +64,3 @@ class FakeClient:
 
     def sends_of(self, key: TaskKey) -> list[float]:
         return [when for when, sent in self.sent if sent == key]
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    """The most sends in any half-open window ``[t, t + window)``."""
-    ordered = sorted(times)
-    best = start = 0
-    for end, when in enumerate(ordered):
-        while when - ordered[start] >= window - 1e-9:
-            start += 1
-        best = max(best, end - start + 1)
-    return best

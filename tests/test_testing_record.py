@@ -12,7 +12,7 @@ import pytest
 from _emulator_support import ManualClock, client_for
 
 from rtc_segment import RtcSegmentError, TaskKey, TaskNotFoundError
-from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault, RequestRecord
+from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault, RequestRecord, max_in_window
 
 KEY = ("app1", "room1", "task1")
 
@@ -95,6 +95,29 @@ async def test_max_in_window_other_widths_use_the_kept_records() -> None:
     assert emulator.max_in_window(0.5) == 2
     assert emulator.max_in_window(2.0) == 5
     assert emulator.max_in_window(0.5, room_id="elsewhere") == 0
+
+
+def test_max_in_window_counts_half_open_windows_in_any_order() -> None:
+    assert max_in_window([]) == 0
+    assert max_in_window([1.0, 0.0, 0.5, 0.999]) == 3  # unsorted is fine
+    assert max_in_window([0.0, 0.5, 1.0, 1.5]) == 2  # exactly a second apart: two windows
+    assert max_in_window([0.0, 0.1, 0.2, 0.3], 0.25) == 3
+    assert max_in_window([0.0, 0.1, 0.2, 0.3], seconds=0.2) == 2
+
+
+def test_max_in_window_does_not_count_float_noise_as_an_extra_event() -> None:
+    # 60 per second, exactly, as a microsecond clock gives them (looptime's): the k-th send
+    # of the next second can come out a hair under a second later (1.016667 - 1.0 < 0.016667).
+    sends = [k * 16_667 / 1e6 for k in range(60)] + [(k * 16_667 + 10**6) / 1e6 for k in range(60)]
+    assert any(b - a < 1.0 for a, b in zip(sends, sends[60:], strict=False))
+    assert max_in_window(sends) == 60
+    assert max_in_window([0.0, 1.0 - 2e-9]) == 2  # a real gap short of a second still counts
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), True])
+def test_max_in_window_refuses_a_bad_width(seconds: float) -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        max_in_window([0.0], seconds)
 
 
 async def test_reset_record_keeps_tasks_and_the_window() -> None:

@@ -10,18 +10,22 @@ What moto is for AWS, async-native and with the quota modelled::
     async with SegmentClient(DEFAULT_CREDENTIALS, transport=emulator.transport()) as client:
         task = await client.get_segment_task("app", "room", "task")
 
-The emulator verifies V4 signatures, enforces the per-account QPS ceiling, serves tasks
-with lifecycles, injects seeded faults and records every request. Serve it over HTTP with
-``async with emulator.serve() as base_url`` (extra ``emulator``), or block on
-:func:`run_emulator`.
+The emulator serves both API versions (2022-06-01 and 2023-11-01), verifies V4
+signatures, enforces the per-account QPS ceilings, serves tasks with lifecycles, injects
+seeded faults, can delay requests on their way in (``forward_delay``, a jittery network)
+and records every request. Serve it over HTTP with ``async with emulator.serve() as
+base_url`` (extra ``emulator``), or block on :func:`run_emulator`.
+
+:func:`max_in_window` measures any list of timestamps the way the ceiling counts them, for
+tests that record their own.
 """
 
 from __future__ import annotations
 
-from ._emulator import DEFAULT_CREDENTIALS, Emulator, EmulatorRequest
-from ._envelope import Answer
+from ._emulator import DEFAULT_CREDENTIALS, Emulator
+from ._envelope import Answer, EmulatorRequest, RequestHandler
 from ._faults import Fault, FaultPlan, Latency, LatencyModel
-from ._record import EmulatorStats, RequestRecord
+from ._record import EmulatorStats, RequestRecord, max_in_window
 from ._server import EmulatorASGIApp, run_emulator
 from ._state import Lifecycle, TaskHandle
 from ._transport import EmulatorTransport
@@ -39,7 +43,9 @@ __all__ = [
     "Latency",
     "LatencyModel",
     "Lifecycle",
+    "RequestHandler",
     "RequestRecord",
     "TaskHandle",
+    "max_in_window",
     "run_emulator",
 ]

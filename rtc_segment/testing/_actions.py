@@ -2,17 +2,22 @@
 
 Each action is an :class:`ActionSpec`: its HTTP method, its documented QPS ceiling and a
 handler. A handler gets an :class:`ActionCall` (the parameters -- query string for GET, the
-JSON body's top-level object for POST -- and access to the emulator's state) and returns
-the ``Result`` to send, or raises ``ServiceFailure``. Routing, signature checks, throttling,
-faults and recording are shared; an action is a handler and a line in :data:`ACTIONS`.
+JSON body's top-level object for POST -- the version, and the :class:`TaskStore`) and
+returns the ``Result`` to send, or raises ``ServiceFailure``. Routing, signature checks,
+throttling, faults and recording are shared; an action is a handler and a line in
+:data:`ACTIONS`.
 
-The segment family (2022-06-01):
+The segment family, in both versions the service documents (:data:`VERSIONS`): 2022-06-01
+and 2023-11-01 (the latest). Their request and answer shapes and their ceilings are the
+same; one behaviour differs, noted below.
 
 - **StartSegment** creates a running task (``StartTime`` = now) with the given fields.
-  ``InvalidParameter.TaskAlreadyExists`` while a task with that key has not ended (running
-  or not started). Starting the id of an *ended or failed* task is accepted and starts a
-  new task under that key, which replaces the old one (GetSegmentTask then reports the new
-  run): ids name a task slot, not a single run.
+  While a task with that key has not ended (running or not started), 2022-06-01 answers
+  ``InvalidParameter.TaskAlreadyExists``; 2023-11-01 succeeds without touching the task,
+  with the ``Result`` the service documents, :data:`ALREADY_STARTED`
+  (https://www.volcengine.com/docs/6348/1188212). Starting the id of an *ended or failed*
+  task is accepted and starts a new task under that key, which replaces the old one
+  (GetSegmentTask then reports the new run): ids name a task slot, not a single run.
 - **UpdateSegment** changes ``Identifier``, ``Handle`` and/or ``Duration`` of a task that has
   not ended; a body with none of them is accepted and changes nothing.
 - **StopSegment** ends a task that has not ended: ``ENDED``, ``StopByAPI``, ``EndTime`` = now.
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
@@ -45,12 +50,19 @@ from ._requests import (
     parse_storage_config,
     parse_target_streams,
 )
-from ._state import TaskState
+from ._state import TaskState, TaskStore
 
-if TYPE_CHECKING:
-    from ._emulator import Emulator
+__all__ = ["ACTIONS", "ALREADY_STARTED", "VERSIONS", "ActionCall", "ActionSpec"]
 
-__all__ = ["ACTIONS", "ActionCall", "ActionSpec"]
+#: The versions of the segment actions the emulator serves (oldest first).
+VERSIONS = ("2022-06-01", "2023-11-01")
+#: The ``Result`` of a 2023-11-01 StartSegment for a task that is already running, as the
+#: service documents it.
+ALREADY_STARTED = (
+    "The task has been started. Please do not call the startup task interface repeatedly"
+)
+#: Versions where starting a running task succeeds with :data:`ALREADY_STARTED`.
+_REPEAT_START_SUCCEEDS = frozenset({"2023-11-01"})
 
 _ID_PATTERN = re.compile(r"[a-zA-Z0-9_@.\-]{1,128}")
 
@@ -60,13 +72,15 @@ class ActionCall:
     """One call of an action, as a handler sees it.
 
     Attributes:
-        emulator: The emulator (its task store and clocks).
+        store: The emulator's tasks and clocks.
         params: Query parameters (GET) or the JSON body's object (POST).
+        version: The version the request asked for (one of :data:`VERSIONS`).
         dry: Compute the answer without side effects (no read counted, no state change).
     """
 
-    emulator: Emulator
+    store: TaskStore
     params: Mapping[str, Any]
+    version: str
     dry: bool = False
 
     def require(self, *names: str) -> list[str]:
@@ -95,7 +109,8 @@ class ActionSpec:
 
 
 def check_ids(app_id: str, room_id: str, task_id: str) -> TaskKey:
-    """Reject ids the service rejects (facts §1: ``[a-zA-Z0-9_@.-]{1,128}``)."""
+    """Reject ids the service rejects: ``[a-zA-Z0-9_@.-]{1,128}``
+    (https://www.volcengine.com/docs/6348/69828)."""
     for name, value, code in (
         ("AppId", app_id, "InvalidParameter.IllegalAppId"),
         ("RoomId", room_id, "InvalidParameter.IllegalRoomID"),
@@ -146,21 +161,17 @@ def task_json(task: SegmentTask) -> dict[str, Any]:
 
 
 def get_segment_task(call: ActionCall) -> Any:
-    """GetSegmentTask 2022-06-01: the state of one task."""
+    """GetSegmentTask: the state of one task."""
     key = check_ids(*call.require("AppId", "RoomId", "TaskId"))
-    emulator = call.emulator
-    state = emulator._tasks.get(key)
-    if state is None:
-        raise task_not_found(key)
-    emulator._advance(state)
-    if not state.queryable(emulator._wall_ms()):
+    state = call.store.get(key)
+    if state is None or not state.queryable(call.store.wall_ms()):
         raise task_not_found(key)
     if not call.dry:
         state.reads += 1
     return {"SegmentTask": task_json(state.task)}
 
 
-#: What Start, Update and Stop answer on success (facts §3.1).
+#: What Start, Update and Stop answer on success (https://www.volcengine.com/docs/6348/155131).
 OK = "ok"
 
 
@@ -168,17 +179,14 @@ def _active_task(call: ActionCall) -> TaskState:
     """The task a Start/Update/Stop body names, if it has not ended; else not found."""
     key = check_ids(*call.require("AppId", "RoomId", "TaskId"))
     optional_id(call.params, "BusinessId")
-    emulator = call.emulator
-    state = emulator._tasks.get(key)
-    if state is not None:
-        emulator._advance(state)
-        if not state.task.is_terminal:
-            return state
+    state = call.store.get(key)
+    if state is not None and not state.task.is_terminal:
+        return state
     raise task_not_found(key, "has already ended")
 
 
 def start_segment(call: ActionCall) -> Any:
-    """StartSegment 2022-06-01: a new running task with the body's fields."""
+    """StartSegment: a new running task with the body's fields (see the module's notes)."""
     params = call.params
     key = check_ids(*call.require("AppId", "RoomId", "TaskId"))
     optional_id(params, "BusinessId")
@@ -189,19 +197,18 @@ def start_segment(call: ActionCall) -> Any:
     target_streams = parse_target_streams(params)
     control = parse_control(params)
     storage_config = parse_storage_config(params)
-    emulator = call.emulator
-    existing = emulator._tasks.get(key)
-    if existing is not None:
-        emulator._advance(existing)
-        if not existing.task.is_terminal:
-            raise invalid_parameter(
-                f"The task {key.task_id!r} of room {key.room_id!r} already exists and has not "
-                "ended",
-                "InvalidParameter.TaskAlreadyExists",
-            )
+    store = call.store
+    existing = store.get(key)
+    if existing is not None and not existing.task.is_terminal:
+        if call.version in _REPEAT_START_SUCCEEDS:
+            return ALREADY_STARTED
+        raise invalid_parameter(
+            f"The task {key.task_id!r} of room {key.room_id!r} already exists and has not ended",
+            "InvalidParameter.TaskAlreadyExists",
+        )
     if call.dry:
         return OK
-    now_ms = emulator._wall_ms()
+    now_ms = store.wall_ms()
     task = SegmentTask(
         start_time=now_ms,
         end_time=0,
@@ -215,16 +222,13 @@ def start_segment(call: ActionCall) -> Any:
         control=control,
         storage_config=storage_config,
     )
-    # Re-inserted, so a restarted id moves to the end of ``task_keys`` like a new task.
-    emulator._tasks.pop(key, None)
-    emulator._tasks[key] = TaskState(
-        key=key, task=task, added_at=emulator._now(), registered_ms=now_ms, lifecycle=None
-    )
+    # A restarted id moves to the end of ``task_keys`` like a new task.
+    store.put(key, task)
     return OK
 
 
 def update_segment(call: ActionCall) -> Any:
-    """UpdateSegment 2022-06-01: change Identifier, Handle and/or Duration of an active task."""
+    """UpdateSegment: change Identifier, Handle and/or Duration of an active task."""
     params = call.params
     check_ids(*call.require("AppId", "RoomId", "TaskId"))
     # The body is checked before the task is looked up, as StartSegment does.
@@ -241,12 +245,11 @@ def update_segment(call: ActionCall) -> Any:
 
 
 def stop_segment(call: ActionCall) -> Any:
-    """StopSegment 2022-06-01: end an active task (``ENDED``, ``StopByAPI``, EndTime now)."""
+    """StopSegment: end an active task (``ENDED``, ``StopByAPI``, EndTime now)."""
     state = _active_task(call)
     if call.dry:
         return OK
-    emulator = call.emulator
-    now_ms = emulator._wall_ms()
+    now_ms = call.store.wall_ms()
     task = state.task
     state.lifecycle = None  # stopped now: whatever was scheduled no longer happens
     state.task = attrs.evolve(
@@ -259,12 +262,18 @@ def stop_segment(call: ActionCall) -> Any:
     return OK
 
 
+#: The documented ceilings, per account, the same in both versions.
+_FAMILY = (
+    ("GetSegmentTask", "GET", 60.0, get_segment_task),
+    ("StartSegment", "POST", 60.0, start_segment),
+    ("UpdateSegment", "POST", 150.0, update_segment),
+    ("StopSegment", "POST", 150.0, stop_segment),
+)
+
+#: Every ``(Action, Version)`` the emulator serves; any other pair is
+#: ``InvalidActionOrVersion``.
 ACTIONS: dict[tuple[str, str], ActionSpec] = {
-    (spec.name, spec.version): spec
-    for spec in (
-        ActionSpec("GetSegmentTask", "2022-06-01", "GET", 60.0, get_segment_task),
-        ActionSpec("StartSegment", "2022-06-01", "POST", 60.0, start_segment),
-        ActionSpec("UpdateSegment", "2022-06-01", "POST", 150.0, update_segment),
-        ActionSpec("StopSegment", "2022-06-01", "POST", 150.0, stop_segment),
-    )
+    (name, version): ActionSpec(name, version, method, qps, handler)
+    for version in VERSIONS
+    for name, method, qps, handler in _FAMILY
 }

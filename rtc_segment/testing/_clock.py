@@ -1,4 +1,4 @@
-"""The emulator's default clocks.
+"""The emulator's default clocks: a monotonic one, and a wall clock that it drives.
 
 The monotonic clock follows the running event loop's ``loop.time()`` -- so that looptime's
 virtual time drives lifecycles, the QPS window and latency in tests -- and falls back to
@@ -15,6 +15,16 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+__all__ = ["RESOLUTION", "StitchedClock", "anchored_wall_clock"]
+
+#: Instants closer than this (seconds) are one instant. Times are floats built by adding
+#: offsets, so two requests sent exactly 1 s apart can come out 0.99999999999994 s apart;
+#: the ceiling and the record both treat such a gap as the full second, so that a client
+#: pacing at exactly the ceiling is not refused a request over noise.
+RESOLUTION = 1e-9
 
 
 class StitchedClock:
@@ -47,3 +57,18 @@ class StitchedClock:
         if value > self._last:
             self._last = value
         return self._last
+
+
+def anchored_wall_clock(monotonic: Callable[[], float]) -> Callable[[], datetime]:
+    """A UTC wall clock that starts at the real time now and advances with ``monotonic``.
+
+    So that under virtual time the tasks' ``StartTime``/``EndTime`` and the ``X-Date``
+    check move with the loop, not with the machine's clock.
+    """
+    anchor_wall = datetime.now(timezone.utc)
+    anchor = monotonic()
+
+    def wall_clock() -> datetime:
+        return anchor_wall + timedelta(seconds=monotonic() - anchor)
+
+    return wall_clock

@@ -1,15 +1,21 @@
-"""The :class:`Emulator`: a faithful local stand-in of the RTC segment API."""
+"""The :class:`Emulator`: a faithful local stand-in of the RTC segment API.
+
+It wires the pieces below it -- signature checks (``_auth``), the ceilings (``_quota``), the
+actions (``_actions``) over the task store (``_state``), faults and delays (``_faults``) and
+the record (``_record``) -- into one request handler, which both deliveries (``_transport``
+in process, ``_server`` over loopback HTTP) call.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
 import re
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
@@ -17,7 +23,6 @@ import attrs
 from .._credentials import Credentials
 from .._models import (
     Control,
-    SegmentTask,
     StopReason,
     StorageConfig,
     TargetStreams,
@@ -25,19 +30,20 @@ from .._models import (
     TaskStatus,
 )
 from . import _envelope as errors
+from . import _server
 from ._actions import ACTIONS, ActionCall, ActionSpec
 from ._auth import MAX_SKEW_SECONDS, AccessKey, RequestView, authenticate
-from ._clock import StitchedClock
-from ._envelope import JSON_HEADERS, Answer, ServiceFailure, error_body, success_body
-from ._faults import Fault, FaultPlan, LatencyModel, as_latency_model
-from ._record import EmulatorStats, Recorder, RequestRecord, max_in_window
-from ._state import Lifecycle, TaskHandle, TaskState, default_fields, to_ms
+from ._clock import StitchedClock, anchored_wall_clock
+from ._envelope import Answer, EmulatorRequest, Envelope, ServiceFailure
+from ._faults import Fault, FaultPlan, LatencyModel, as_delay_model, draw, fault_answer
+from ._quota import Quota
+from ._record import EmulatorStats, Recorder, RequestRecord, task_key_of
+from ._seeding import seed_rooms
+from ._server import EmulatorASGIApp
+from ._state import UNSET, Lifecycle, TaskHandle, TaskStore, register
+from ._transport import EmulatorTransport
 
-if TYPE_CHECKING:
-    from ._server import EmulatorASGIApp
-    from ._transport import EmulatorTransport
-
-__all__ = ["DEFAULT_CREDENTIALS", "Emulator", "EmulatorRequest"]
+__all__ = ["DEFAULT_CREDENTIALS", "Emulator"]
 
 #: The fake key pair every :class:`Emulator` accepts unless told otherwise.
 DEFAULT_CREDENTIALS = Credentials(
@@ -45,32 +51,8 @@ DEFAULT_CREDENTIALS = Credentials(
 )
 
 _AK_PATTERN = re.compile(r"Credential=([^/,\s]+)/")
-_HTML_PAGE = (
-    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
-    b"<body><h1>Service notice</h1><p>The page you requested is temporarily unavailable."
-    b"</p></body></html>\n"
-)
-_HTML_HEADERS = (("content-type", "text/html; charset=utf-8"),)
-_UNSET: Any = object()
-
-
-@attrs.frozen
-class EmulatorRequest:
-    """A request as the emulator sees it, independent of how it was delivered.
-
-    Attributes:
-        method: HTTP method (upper case).
-        path: The decoded path (always ``/`` for the real API).
-        query: The raw (percent-encoded) query string, without ``?``.
-        headers: Header values by lower-case name.
-        body: The raw body.
-    """
-
-    method: str
-    path: str
-    query: str
-    headers: Mapping[str, str]
-    body: bytes = b""
+#: How much of a caller-chosen Action/Version/path an error message repeats.
+_SHOWN = 100
 
 
 def _credential_list(credentials: Credentials | Iterable[Credentials] | None) -> list[Credentials]:
@@ -85,11 +67,16 @@ def _credential_list(credentials: Credentials | Iterable[Credentials] | None) ->
     return items
 
 
+def _seeded(seed: int | None, stream: str) -> random.Random:
+    """An RNG of its own per delay source, so that turning one on leaves the other's draws be."""
+    return random.Random(None if seed is None else f"{stream}/{seed}")
+
+
 class Emulator:
-    """A local stand-in of the Volcengine RTC segment API (the 2022-06-01 segment family).
+    """A local stand-in of the Volcengine RTC segment API (the segment family, both versions).
 
     It answers with the real envelope, verifies every request's V4 signature, enforces the
-    per-account QPS ceiling, serves the tasks you register (with lifecycles), injects the
+    per-account QPS ceilings, serves the tasks you register (with lifecycles), injects the
     faults you ask for and records every request. Use it in process through
     :meth:`transport` (no sockets) or over HTTP on 127.0.0.1 through :meth:`serve`.
 
@@ -101,8 +88,11 @@ class Emulator:
         region: The signing region it expects and reports (``cn-north-1``).
         service: The signing service it expects and reports (``rtc``).
         latency: Seconds added to every answer: a number, or a model from :class:`Latency`.
-        seed: Seeds the fault mix, the latency draws and :meth:`seed_rooms`; same seed and same
-            requests, same behaviour.
+        forward_delay: Seconds every request takes to reach the service, before it is
+            counted against the ceiling: a number, or a model from :class:`Latency` (e.g.
+            ``Latency.uniform(0, 0.02)`` or ``Latency.lognormal(0.005, 0.8)``). See below.
+        seed: Seeds the fault mix, the latency and forward-delay draws (each from its own
+            RNG) and :meth:`seed_rooms`; same seed and same requests, same behaviour.
         clock: Monotonic seconds for the QPS window, lifecycles and latency. Default: the
             running event loop's time (so looptime's virtual time drives it).
         wall_clock: The current time as an aware UTC datetime, for ``X-Date`` checks and
@@ -112,13 +102,33 @@ class Emulator:
         record_limit: How many :class:`RequestRecord` to keep (oldest dropped first);
             ``None`` keeps all. Counters and the 1-second window maxima stay exact.
 
+    **Versions.** GetSegmentTask, StartSegment, UpdateSegment and StopSegment are served in
+    2022-06-01 and 2023-11-01 with the same shapes; in 2023-11-01 a StartSegment for a task
+    that is already running succeeds with a notice as its ``Result`` (2022-06-01:
+    ``InvalidParameter.TaskAlreadyExists``). Any other ``Action``/``Version`` pair is
+    answered HTTP 404 ``InvalidActionOrVersion`` (CodeN 100008) once the signature checks
+    out, as the gateway does; a request naming no ``Action`` or ``Version`` at all is
+    ``MissingParameter`` before that. Each record keeps the version asked for.
+
     **Throttling.** Arrivals are counted per account and action over a sliding 1-second
-    window; a request that finds ``qps`` admitted requests in the last second is answered
-    HTTP 429 ``FlowLimitExceeded`` (CodeN 100018, unverified). Throttled requests do *not*
-    count toward the window: gateway limiters (token buckets, admitted-request logs) charge
-    only what they let through, so a client that backs off is not punished further for the
-    requests that were refused. Requests that fail before the ceiling (bad signature,
-    unknown action) are not counted either: they are not attributable to an account.
+    window; both versions of an action share its window (the ceiling is documented per
+    action and account, not per version). A request that finds ``qps`` admitted requests
+    in the last second is answered HTTP 429 ``FlowLimitExceeded`` (CodeN 100018,
+    unverified). Throttled requests do *not* count toward the window: gateway limiters
+    (token buckets, admitted-request logs) charge only what they let through, so a client
+    that backs off is not punished further for the requests that were refused. Requests
+    that fail before the ceiling (bad signature, unknown action or version) are not counted
+    either: an unknown action has no ceiling to count against.
+
+    **Path delay.** With ``forward_delay``, each request waits a fresh draw on the event
+    loop (virtual under looptime) *before* it reaches the service: only then is it checked,
+    counted against the ceiling and recorded (:attr:`RequestRecord.arrival` is that moment;
+    :attr:`RequestRecord.forward_delay` the draw). Requests sent evenly can so arrive
+    bunched, or overtake each other, as on a jittery network: a client sending exactly
+    ``qps`` per second is throttled once the spread of the delay exceeds the gap between
+    its sends. A request on its way still arrives if its sender stops waiting, as one
+    already on the wire would. ``latency`` is separate: it delays the answer, after the
+    request was counted; the client waits for both.
     """
 
     def __init__(
@@ -130,6 +140,7 @@ class Emulator:
         region: str = "cn-north-1",
         service: str = "rtc",
         latency: float | LatencyModel | None = None,
+        forward_delay: float | LatencyModel | None = None,
         seed: int | None = 0,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
@@ -137,31 +148,25 @@ class Emulator:
         record_limit: int | None = 100_000,
     ) -> None:
         self._clock: Callable[[], float] = clock or StitchedClock()
-        if wall_clock is None:
-            anchor_wall = datetime.now(timezone.utc)
-            anchor = self._clock()
-            monotonic = self._clock
-
-            def wall_clock() -> datetime:
-                return anchor_wall + timedelta(seconds=monotonic() - anchor)
-
-        self._wall_clock: Callable[[], datetime] = wall_clock
+        self._wall_clock = wall_clock or anchored_wall_clock(self._clock)
         self.region = region
         self.service = service
         self.max_skew = float(max_skew)
         self._keys: dict[str, AccessKey] = {}
         for item in _credential_list(credentials):
             self.add_credentials(item)
-        self._ceilings: dict[str, float | None] = {spec.name: spec.qps for spec in ACTIONS.values()}
+        self._quota = Quota({spec.name: spec.qps for spec in ACTIONS.values()})
         self.qps = qps
         for name, ceiling in (action_qps or {}).items():
-            self._ceilings[name] = _check_qps(ceiling)
-        self._windows: dict[tuple[str, str], deque[float]] = {}
-        self._tasks: dict[TaskKey, TaskState] = {}
+            self._quota.set_ceiling(name, ceiling, name=f"action_qps[{name!r}]")
+        self._tasks = TaskStore(self._clock, self._wall_clock)
         self.faults = FaultPlan(seed=seed)
         """The :class:`FaultPlan`: scripted and random faults."""
-        self._latency = as_latency_model(latency)
+        self._latency = as_delay_model("latency", latency)
         self._latency_rng = random.Random(seed)
+        self._forward_delay = as_delay_model("forward_delay", forward_delay)
+        self._forward_rng = _seeded(seed, "forward_delay")
+        self._on_the_way: set[asyncio.Future[Answer]] = set()
         self._seed = seed
         self._recorder = Recorder(record_limit)
         self._sequence = 0
@@ -172,11 +177,11 @@ class Emulator:
     @property
     def qps(self) -> float | None:
         """The per-account ceiling of GetSegmentTask (``None``: unlimited). Settable."""
-        return self._ceilings["GetSegmentTask"]
+        return self._quota.ceiling("GetSegmentTask")
 
     @qps.setter
     def qps(self, value: float | None) -> None:
-        self._ceilings["GetSegmentTask"] = _check_qps(value)
+        self._quota.set_ceiling("GetSegmentTask", value)
 
     @property
     def latency(self) -> LatencyModel | None:
@@ -185,7 +190,16 @@ class Emulator:
 
     @latency.setter
     def latency(self, value: float | LatencyModel | None) -> None:
-        self._latency = as_latency_model(value)
+        self._latency = as_delay_model("latency", value)
+
+    @property
+    def forward_delay(self) -> LatencyModel | None:
+        """The delay before a request reaches the service. Settable (seconds or a model)."""
+        return self._forward_delay
+
+    @forward_delay.setter
+    def forward_delay(self, value: float | LatencyModel | None) -> None:
+        self._forward_delay = as_delay_model("forward_delay", value)
 
     @property
     def credentials(self) -> list[Credentials]:
@@ -214,15 +228,6 @@ class Emulator:
         """The emulator's current time (aware UTC datetime)."""
         return self._wall_clock()
 
-    def _now(self) -> float:
-        return self._clock()
-
-    def _wall_ms(self) -> int:
-        return to_ms(self._wall_clock())
-
-    def _wall_ms_at(self, monotonic: float) -> int:
-        return to_ms(self._wall_clock() - timedelta(seconds=self._clock() - monotonic))
-
     # -- state ------------------------------------------------------------------------
 
     def add_task(
@@ -234,14 +239,14 @@ class Emulator:
         status: TaskStatus | None = None,
         start_time: datetime | int | None = None,
         end_time: datetime | int | None = None,
-        stop_reason: StopReason | None = _UNSET,
-        max_idle_time: int | None = _UNSET,
-        target_streams: TargetStreams | None = _UNSET,
-        duration: int | None = _UNSET,
+        stop_reason: StopReason | None = UNSET,
+        max_idle_time: int | None = UNSET,
+        target_streams: TargetStreams | None = UNSET,
+        duration: int | None = UNSET,
         identifier: str | None = None,
-        handle: bool | None = _UNSET,
-        control: Control | None = _UNSET,
-        storage_config: StorageConfig | None = _UNSET,
+        handle: bool | None = UNSET,
+        control: Control | None = UNSET,
+        storage_config: StorageConfig | None = UNSET,
         lifecycle: Lifecycle | None = None,
     ) -> TaskHandle:
         """Register a task (replacing any with the same key) and return its handle.
@@ -260,47 +265,23 @@ class Emulator:
             lifecycle: How the task moves on (see :class:`Lifecycle`).
         """
         key = TaskKey(app_id, room_id, task_id)
-        if status is None:
-            has_start = lifecycle is not None and lifecycle.has_start
-            status = TaskStatus.NOT_STARTED if has_start else TaskStatus.RUNNING
-        status = TaskStatus(status)
-        now_ms = self._wall_ms()
-        if start_time is None:
-            start_ms = 0 if status in (TaskStatus.NOT_STARTED, TaskStatus.UNKNOWN) else now_ms
-        else:
-            start_ms = _as_ms(start_time)
-        end_ms = (now_ms if status.is_terminal else 0) if end_time is None else _as_ms(end_time)
-        if stop_reason is _UNSET:
-            stop_reason = {
-                TaskStatus.ENDED: StopReason.STOP_BY_API,
-                TaskStatus.FAILED: StopReason.START_TASK_FAILED,
-            }.get(status)
-        fields = default_fields()
-        given = {
-            "max_idle_time": max_idle_time,
-            "target_streams": target_streams,
-            "duration": duration,
-            "handle": handle,
-            "control": control,
-            "storage_config": storage_config,
-        }
-        fields.update({name: value for name, value in given.items() if value is not _UNSET})
-        task = SegmentTask(
-            start_time=start_ms,
-            end_time=end_ms,
+        register(
+            self._tasks,
+            key,
             status=status,
+            start_time=start_time,
+            end_time=end_time,
             stop_reason=stop_reason,
             identifier=identifier,
-            **fields,
-        )
-        self._tasks[key] = TaskState(
-            key=key,
-            task=task,
-            added_at=self._now(),
-            registered_ms=now_ms,
             lifecycle=lifecycle,
+            max_idle_time=max_idle_time,
+            target_streams=target_streams,
+            duration=duration,
+            handle=handle,
+            control=control,
+            storage_config=storage_config,
         )
-        return TaskHandle(self, key)
+        return TaskHandle(self._tasks, key)
 
     def task(self, app_id: str, room_id: str, task_id: str) -> TaskHandle:
         """The handle of a registered task.
@@ -311,7 +292,7 @@ class Emulator:
         key = TaskKey(app_id, room_id, task_id)
         if key not in self._tasks:
             raise KeyError(f"no task {key} in the emulator")
-        return TaskHandle(self, key)
+        return TaskHandle(self._tasks, key)
 
     @property
     def task_keys(self) -> list[TaskKey]:
@@ -328,22 +309,33 @@ class Emulator:
         and 10 % have failed; fields (streams, storage, control) vary too. Reproducible for
         a given ``seed`` (default: the emulator's).
         """
-        from ._seeding import seed_rooms
-
-        return seed_rooms(self, n, app_id=app_id, seed=self._seed if seed is None else seed)
-
-    def _advance(self, state: TaskState) -> None:
-        state.advance(self._now(), self._wall_ms_at)
+        return seed_rooms(self._tasks, n, app_id=app_id, seed=self._seed if seed is None else seed)
 
     # -- request handling -------------------------------------------------------------
 
-    def handle(self, request: EmulatorRequest) -> Answer:
-        """Answer one request: the single code path behind both transports.
+    async def handle(self, request: EmulatorRequest) -> Answer:
+        """Answer one request: the single code path behind both deliveries.
 
-        Records the request; returns the :class:`Answer` to deliver (after ``delay``, or
-        by dropping the connection when ``drop`` is set).
+        Waits out the request's forward delay (if any), then records it and returns the
+        :class:`Answer` to deliver (after ``delay``, or by dropping the connection when
+        ``drop`` is set). This makes the emulator a :class:`RequestHandler`.
         """
-        now = self._now()
+        delay = draw(self._forward_delay, self._forward_rng)
+        if delay == 0.0:
+            return self._receive(request, 0.0)
+        # The request is on the wire: it arrives even if its sender stops waiting for it.
+        arrival = asyncio.ensure_future(self._arrive_after(delay, request))
+        self._on_the_way.add(arrival)
+        arrival.add_done_callback(self._on_the_way.discard)
+        return await asyncio.shield(arrival)
+
+    async def _arrive_after(self, delay: float, request: EmulatorRequest) -> Answer:
+        await asyncio.sleep(delay)
+        return self._receive(request, delay)
+
+    def _receive(self, request: EmulatorRequest, forward_delay: float) -> Answer:
+        """The request reaches the service now: fault or service, latency, record."""
+        now = self._clock()
         wall = self._wall_clock()
         self._sequence += 1
         request_id = f"{wall:%Y%m%d%H%M%S}{self._id_stamp}{self._sequence:012X}"
@@ -359,18 +351,25 @@ class Emulator:
             with contextlib.suppress(ServiceFailure):
                 params = _json_params(request.body)
         fault = self.faults.choose(action, params)
-        meta = (request_id, action or "", version or "")
+        envelope = Envelope(request_id, action or "", version or "", self.service, self.region)
 
         account: str | None = None
         admitted = False
         if fault is None or fault is Fault.SLOW:
             answer, account, admitted, code = self._serve(
-                request, pairs, spec, params, meta, wall, now
+                request, pairs, spec, params, envelope, wall, now
             )
         else:
-            answer, code = self._fault_answer(fault, request, pairs, spec, params, meta, wall, now)
+            answer, code = fault_answer(
+                fault,
+                envelope,
+                retry_after=self.faults.retry_after,
+                would_be=lambda: self._serve(
+                    request, pairs, spec, params, envelope, wall, now, dry=True
+                )[0],
+            )
 
-        delay = self._latency(self._latency_rng) if self._latency is not None else 0.0
+        delay = draw(self._latency, self._latency_rng)
         if fault is Fault.SLOW:
             delay += self.faults.slow_seconds
         if delay:
@@ -384,7 +383,7 @@ class Emulator:
                 method=request.method,
                 action=action,
                 version=version,
-                key=_key_of(params),
+                key=task_key_of(params),
                 account=account,
                 access_key_id=ak_match.group(1) if ak_match else None,
                 x_date=request.headers.get("x-date"),
@@ -392,6 +391,7 @@ class Emulator:
                 error_code=code,
                 fault=fault,
                 admitted=admitted,
+                forward_delay=forward_delay,
             )
         )
         return answer
@@ -402,22 +402,24 @@ class Emulator:
         pairs: list[tuple[str, str]],
         spec: ActionSpec | None,
         params: Mapping[str, Any],
-        meta: tuple[str, str, str],
+        envelope: Envelope,
         wall: datetime,
         now: float,
         *,
         dry: bool = False,
     ) -> tuple[Answer, str | None, bool, str | None]:
-        """The service proper: routing, signature, ceiling, action.
+        """The service proper: signature, routing, ceiling, action -- in the gateway's order.
 
         Returns the answer, the account (once authenticated), whether the ceiling admitted
         the request and the error code (``None`` on success).
         """
-        request_id, action, version = meta
         account: str | None = None
         admitted = False
         try:
-            spec = self._route(request, spec, action, version)
+            # Without an Action and a Version there is nothing to route to.
+            for name, value in (("Action", envelope.action), ("Version", envelope.version)):
+                if not value:
+                    raise errors.missing_parameter(f"The required parameter {name} is missing")
             view = RequestView(
                 method=request.method,
                 path=request.path,
@@ -434,132 +436,45 @@ class Emulator:
                 max_skew=self.max_skew,
             )
             account = key.account
-            self._admit(account, spec.name, now, dry=dry)
+            spec = self._route(request, spec, envelope)
+            self._quota.admit(account, spec.name, now, dry=dry)
             admitted = not dry
             if spec.method == "POST":
                 params = _json_params(request.body)
-            result = spec.handler(ActionCall(self, params, dry))
+            result = spec.handler(ActionCall(self._tasks, params, spec.version, dry))
         except ServiceFailure as failure:
-            body = error_body(
-                failure,
-                request_id=request_id,
-                action=action,
-                version=version,
-                service=self.service,
-                region=self.region,
-            )
-            answer = Answer(failure.status, JSON_HEADERS + failure.headers, body)
-            return answer, account, admitted, failure.code
-        body = success_body(
-            request_id=request_id,
-            action=action,
-            version=version,
-            service=self.service,
-            region=self.region,
-            result=result,
-        )
-        return Answer(200, JSON_HEADERS, body), account, admitted, None
+            return envelope.failure(failure), account, admitted, failure.code
+        return envelope.success(result), account, admitted, None
 
     def _route(
-        self, request: EmulatorRequest, spec: ActionSpec | None, action: str, version: str
+        self, request: EmulatorRequest, spec: ActionSpec | None, envelope: Envelope
     ) -> ActionSpec:
-        if not action:
-            raise errors.missing_parameter("The required parameter Action is missing")
-        if not version:
-            raise errors.missing_parameter("The required parameter Version is missing")
         if spec is None or request.path != "/":
             raise errors.invalid_action_or_version(
-                f"Could not find operation {action} for version {version} of service "
-                f"{self.service} (path {request.path[:100]!r})"
+                f"Could not find operation {envelope.action[:_SHOWN]} for version "
+                f"{envelope.version[:_SHOWN]} of service {self.service} "
+                f"(path {request.path[:_SHOWN]!r})"
             )
         if request.method != spec.method:
             raise errors.method_not_allowed(
-                f"{action} must be called with {spec.method}, not {request.method[:20]}"
+                f"{spec.name} must be called with {spec.method}, not {request.method[:20]}"
             )
         return spec
-
-    def _admit(self, account: str, action: str, now: float, *, dry: bool) -> None:
-        ceiling = self._ceilings.get(action)
-        if ceiling is None:
-            return
-        window = self._windows.get((account, action))
-        if window is None:
-            window = self._windows[account, action] = deque()
-        horizon = now - 1.0
-        while window and window[0] <= horizon:
-            window.popleft()
-        if len(window) >= ceiling:
-            raise errors.flow_limit_exceeded(
-                f"Request was denied due to request throttling: the account's ceiling of "
-                f"{ceiling:g} requests per second for {action} was exceeded"
-            )
-        if not dry:
-            window.append(now)
-
-    def _fault_answer(
-        self,
-        fault: Fault,
-        request: EmulatorRequest,
-        pairs: list[tuple[str, str]],
-        spec: ActionSpec | None,
-        params: Mapping[str, Any],
-        meta: tuple[str, str, str],
-        wall: datetime,
-        now: float,
-    ) -> tuple[Answer, str | None]:
-        request_id, action, version = meta
-        failure: ServiceFailure | None = None
-        if fault is Fault.HTTP_500:
-            failure = errors.internal_error("An internal error occurred; please retry later")
-        elif fault is Fault.HTTP_502:
-            failure = errors.internal_service_error("The service could not process the request")
-        elif fault is Fault.HTTP_503:
-            failure = errors.service_unavailable("The service is temporarily unavailable")
-        elif fault is Fault.HTTP_504:
-            failure = errors.internal_service_timeout("The service timed out")
-        elif fault is Fault.HTTP_429:
-            failure = errors.flow_limit_exceeded(
-                "Request was denied due to request throttling",
-                headers=(("retry-after", str(self.faults.retry_after)),),
-            )
-        if failure is not None:
-            body = error_body(
-                failure,
-                request_id=request_id,
-                action=action,
-                version=version,
-                service=self.service,
-                region=self.region,
-            )
-            return Answer(failure.status, JSON_HEADERS + failure.headers, body), failure.code
-        if fault is Fault.DROP:
-            return Answer(200, JSON_HEADERS, b"", drop=True), None
-        if fault is Fault.HTML_BODY:
-            return Answer(200, _HTML_HEADERS, _HTML_PAGE), None
-        if fault is Fault.EMPTY_BODY:
-            return Answer(200, JSON_HEADERS, b""), None
-        # TRUNCATED_BODY: the answer the service would give, computed without side effects.
-        would_be, *_ = self._serve(request, pairs, spec, params, meta, wall, now, dry=True)
-        return Answer(200, JSON_HEADERS, would_be.body[: len(would_be.body) // 2]), None
 
     # -- delivery ---------------------------------------------------------------------
 
     def transport(self) -> EmulatorTransport:
         """An :class:`httpx.AsyncBaseTransport` that delivers requests in process (no sockets).
 
-        Pass it as ``SegmentClient(transport=...)``; any endpoint URL works. Latency sleeps
-        on the event loop (virtual under looptime); a read timeout shorter than the delay
-        raises :class:`httpx.ReadTimeout`, a dropped connection
-        :class:`httpx.RemoteProtocolError`.
+        Pass it as ``SegmentClient(transport=...)``; any endpoint URL works. Delays sleep
+        on the event loop (virtual under looptime); a read timeout shorter than the forward
+        delay plus the answer's delay raises :class:`httpx.ReadTimeout`, a dropped
+        connection :class:`httpx.RemoteProtocolError`.
         """
-        from ._transport import EmulatorTransport
-
         return EmulatorTransport(self)
 
     def asgi_app(self) -> EmulatorASGIApp:
         """A plain ASGI application serving this emulator (what :meth:`serve` runs)."""
-        from ._server import EmulatorASGIApp
-
         return EmulatorASGIApp(self)
 
     def serve(
@@ -571,9 +486,7 @@ class Emulator:
         ``http://127.0.0.1:<port>``, the endpoint to give the client. ``port=0`` picks a free
         port.
         """
-        from ._server import serve
-
-        return serve(self, host=host, port=port)
+        return _server.serve(self, host=host, port=port)
 
     # -- the record -------------------------------------------------------------------
 
@@ -595,30 +508,25 @@ class Emulator:
     def count(self, **filters: Any) -> int:
         """How many requests match every filter.
 
-        Filters are :class:`RequestRecord` attributes (``action``, ``http_status``,
-        ``error_code``, ``fault``, ``account``, ``admitted``, ``throttled``, ``ok``,
-        ``key``), plus ``app_id``, ``room_id`` and ``task_id``. Without filters the answer is
-        exact; with filters it counts the kept records.
+        Filters are :class:`RequestRecord` attributes (``action``, ``version``,
+        ``http_status``, ``error_code``, ``fault``, ``account``, ``admitted``,
+        ``throttled``, ``ok``, ``key``), plus ``app_id``, ``room_id`` and ``task_id``.
+        Without filters the answer is exact; with filters it counts the kept records.
         """
-        if not filters:
-            return self._recorder.total
-        return sum(1 for record in self._recorder.records if _matches(record, filters))
+        return self._recorder.count(filters)
 
     def max_in_window(
         self, seconds: float = 1.0, *, admitted_only: bool = False, **filters: Any
     ) -> int:
-        """The most request arrivals in any sliding window of ``seconds``.
+        """The most request arrivals in any sliding window of ``seconds``, as counted.
 
-        ``admitted_only`` counts only requests that passed the ceiling. For a 1-second
-        window without filters the answer is exact however long the run; otherwise it is
-        computed from the kept records (filters as in :meth:`count`).
+        Arrivals are the moments requests reached the service (after any forward delay),
+        in half-open windows as :func:`max_in_window` counts them. ``admitted_only`` counts
+        only requests that passed the ceiling. For a 1-second window without filters the
+        answer is exact however long the run; otherwise it is computed from the kept
+        records (filters as in :meth:`count`).
         """
-        if seconds == 1.0 and not filters:
-            return self._recorder.window_max(admitted_only=admitted_only)
-        if admitted_only:
-            filters["admitted"] = True
-        arrivals = (r.arrival for r in self._recorder.records if _matches(r, filters))
-        return max_in_window(arrivals, seconds)
+        return self._recorder.max_in_window(seconds, admitted_only=admitted_only, filters=filters)
 
     def reset_record(self) -> None:
         """Forget the record and the counters (the tasks and the QPS window are kept)."""
@@ -629,22 +537,6 @@ class Emulator:
             f"Emulator(accounts={len({k.account for k in self._keys.values()})}, "
             f"qps={self.qps!r}, tasks={len(self._tasks)}, requests={self._recorder.total})"
         )
-
-
-def _check_qps(value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"qps must be a positive number or None, got {value!r}")
-    return float(value)
-
-
-def _as_ms(value: datetime | int) -> int:
-    if isinstance(value, datetime):
-        return to_ms(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"times must be datetimes or Unix milliseconds, not {value!r}")
-    return value
 
 
 def _json_params(body: bytes) -> dict[str, Any]:
@@ -659,27 +551,3 @@ def _json_params(body: bytes) -> dict[str, Any]:
             "The request body is not a JSON object", "InvalidParameter.Unmarshal"
         )
     return params
-
-
-def _key_of(params: Mapping[str, Any]) -> TaskKey | None:
-    app_id, room_id, task_id = (params.get(n) for n in ("AppId", "RoomId", "TaskId"))
-    if isinstance(app_id, str) and isinstance(room_id, str) and isinstance(task_id, str):
-        return TaskKey(app_id, room_id, task_id)
-    return None
-
-
-_KEY_PARTS = {"app_id": 0, "room_id": 1, "task_id": 2}
-
-
-def _matches(record: RequestRecord, filters: Mapping[str, Any]) -> bool:
-    for name, wanted in filters.items():
-        index = _KEY_PARTS.get(name)
-        if index is not None:
-            if record.key is None or record.key[index] != wanted:
-                return False
-        elif name == "key":
-            if record.key != (None if wanted is None else TaskKey(*wanted)):
-                return False
-        elif getattr(record, name) != wanted:
-            return False
-    return True

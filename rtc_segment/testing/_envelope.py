@@ -1,4 +1,8 @@
-"""The service's answer format: the ``ResponseMetadata`` envelope and the error catalogue.
+"""What crosses the emulator's boundary: the request, the answer, and the answer's format.
+
+:class:`EmulatorRequest` and :class:`Answer` are independent of how a request is delivered;
+a delivery (the in-process transport, the loopback server) hands each request to a
+:class:`RequestHandler` -- the emulator -- and delivers the answer it gets back.
 
 Every answer the emulator gives -- success, service error, gateway error or injected
 fault -- is built here, so they all share the real envelope::
@@ -10,8 +14,10 @@ fault -- is built here, so they all share the real envelope::
 
 ``Error`` appears only on failure and ``Result`` only on success.
 
-Error catalogue (facts §3.3/§3.4). ``CodeN`` is sent only for gateway errors whose number
-is documented; where the number is *unverified* we say so:
+Error catalogue: the gateway's public codes
+(https://www.volcengine.com/docs/6369/68677) and RTC's own
+(https://www.volcengine.com/docs/6348/70426). ``CodeN`` is sent only for gateway errors
+whose number is documented; where the number is *unverified* we say so:
 
 =============================================  ====  ======  ===================================
 Code                                           HTTP  CodeN   note
@@ -39,11 +45,20 @@ InvalidParameter.ErrorActiveTaskNotFound       400   --      closest documented 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["Answer", "ServiceFailure", "error_body", "success_body"]
+__all__ = [
+    "Answer",
+    "EmulatorRequest",
+    "Envelope",
+    "RequestHandler",
+    "ServiceFailure",
+    "error_body",
+    "success_body",
+]
 
 JSON_HEADERS: tuple[tuple[str, str], ...] = (("content-type", "application/json; charset=utf-8"),)
 
@@ -59,7 +74,13 @@ class ServiceFailure(Exception):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def _gateway(status: int, code: str, code_n: int | None) -> Any:
+class _FailureFactory(Protocol):
+    def __call__(
+        self, message: str, *, headers: tuple[tuple[str, str], ...] = ()
+    ) -> ServiceFailure: ...
+
+
+def _gateway(status: int, code: str, code_n: int | None) -> _FailureFactory:
     def make(message: str, *, headers: tuple[tuple[str, str], ...] = ()) -> ServiceFailure:
         return ServiceFailure(status, code, message, code_n, headers)
 
@@ -89,6 +110,25 @@ def invalid_parameter(message: str, code: str = "InvalidParameter") -> ServiceFa
 
 
 @attrs.frozen
+class EmulatorRequest:
+    """A request as the emulator sees it, independent of how it was delivered.
+
+    Attributes:
+        method: HTTP method (upper case).
+        path: The decoded path (always ``/`` for the real API).
+        query: The raw (percent-encoded) query string, without ``?``.
+        headers: Header values by lower-case name.
+        body: The raw body.
+    """
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+@attrs.frozen
 class Answer:
     """What the emulator answers to one request, independent of how it is delivered.
 
@@ -105,6 +145,18 @@ class Answer:
     body: bytes
     delay: float = 0.0
     drop: bool = False
+
+
+class RequestHandler(Protocol):
+    """What a delivery hands every request to: an :class:`~rtc_segment.testing.Emulator`,
+    or any object with this one method (a test double, a wrapper that logs).
+
+    The deliveries depend on this protocol only, never on the emulator itself.
+    """
+
+    async def handle(self, request: EmulatorRequest) -> Answer:
+        """Answer one request; the delivery then waits ``delay`` or drops the connection."""
+        ...
 
 
 def _metadata(
@@ -150,3 +202,46 @@ def error_body(
     return json.dumps(
         {"ResponseMetadata": metadata}, ensure_ascii=False, separators=(",", ":")
     ).encode()
+
+
+@attrs.frozen
+class Envelope:
+    """The ``ResponseMetadata`` every answer to one request repeats, and the answers built on it.
+
+    Attributes:
+        request_id: The ``RequestId`` of the answer.
+        action: The request's ``Action`` as given (``""`` when absent).
+        version: The request's ``Version`` as given (``""`` when absent).
+        service: The service name the emulator reports.
+        region: The region the emulator reports.
+    """
+
+    request_id: str
+    action: str
+    version: str
+    service: str
+    region: str
+
+    def success(self, result: Any) -> Answer:
+        """HTTP 200 carrying ``result``."""
+        body = success_body(
+            request_id=self.request_id,
+            action=self.action,
+            version=self.version,
+            service=self.service,
+            region=self.region,
+            result=result,
+        )
+        return Answer(200, JSON_HEADERS, body)
+
+    def failure(self, failure: ServiceFailure) -> Answer:
+        """The error answer for ``failure``: its status, its headers, the error envelope."""
+        body = error_body(
+            failure,
+            request_id=self.request_id,
+            action=self.action,
+            version=self.version,
+            service=self.service,
+            region=self.region,
+        )
+        return Answer(failure.status, JSON_HEADERS + failure.headers, body)

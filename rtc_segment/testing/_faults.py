@@ -1,4 +1,4 @@
-"""Injected faults: what can go wrong between a client and the service, on purpose.
+"""Injected faults and delays: what can go wrong between a client and the service, on purpose.
 
 A :class:`FaultPlan` decides, for every request, whether a fault replaces or alters its
 answer. Two sources, checked in this order:
@@ -14,6 +14,10 @@ but -- except for :attr:`Fault.SLOW` -- it never reaches the service. It does no
 toward the QPS window, is not a read of its task and advances no lifecycle. (A
 :attr:`Fault.TRUNCATED_BODY` still carries the first half of the answer the service
 *would* have given, computed without side effects.)
+
+Delays are models from :class:`Latency`, drawn from a seeded RNG: ``Emulator(latency=...)``
+delays the answer, ``Emulator(forward_delay=...)`` delays the moment a request reaches the
+service (and is counted against the ceiling).
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Fault", "FaultPlan", "Latency", "LatencyModel"]
+from . import _envelope as errors
+from ._envelope import JSON_HEADERS, Answer, Envelope, ServiceFailure
 
-#: A latency source: called with the emulator's latency RNG, returns seconds.
+__all__ = ["Fault", "FaultPlan", "Latency", "LatencyModel", "fault_answer"]
+
+#: A delay source: called with one of the emulator's seeded RNGs, returns seconds.
 LatencyModel = Callable[[random.Random], float]
 
 
@@ -64,10 +71,11 @@ class Fault(enum.Enum):
 
 
 class Latency:
-    """Latency models for ``Emulator(latency=...)``: fixed or drawn from a distribution.
+    """Delay models for ``Emulator(latency=...)`` and ``Emulator(forward_delay=...)``.
 
-    Every model is a callable taking the emulator's seeded latency RNG, so delays are
-    reproducible. A plain number also works as a fixed latency.
+    Every model is a callable taking one of the emulator's seeded RNGs (latency and forward
+    delay each have their own), so delays are reproducible. A plain number also works as a
+    fixed delay.
     """
 
     @staticmethod
@@ -108,14 +116,22 @@ def _check_seconds(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
 
 
-def as_latency_model(latency: float | LatencyModel | None) -> LatencyModel | None:
-    """Normalise ``Emulator(latency=...)``: ``None``/0 means none, a number is fixed."""
-    if latency is None:
+def as_delay_model(name: str, delay: float | LatencyModel | None) -> LatencyModel | None:
+    """Normalise ``Emulator(latency=...)`` and the like: ``None``/0 means none, a number is
+    fixed, a model is kept; anything else is an error naming the argument ``name``."""
+    if delay is None:
         return None
-    if callable(latency):
-        return latency
-    _check_seconds("latency", latency)
-    return None if latency == 0 else Latency.fixed(float(latency))
+    if callable(delay):
+        return delay
+    _check_seconds(name, delay)
+    return None if delay == 0 else Latency.fixed(float(delay))
+
+
+def draw(model: LatencyModel | None, rng: random.Random) -> float:
+    """One delay from ``model`` in seconds; none, or a negative draw, is 0."""
+    if model is None:
+        return 0.0
+    return max(0.0, model(rng))
 
 
 @attrs.frozen
@@ -247,3 +263,55 @@ class FaultPlan:
                 if draw < bound:
                     return fault
         return None
+
+
+_HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    b"<body><h1>Service notice</h1><p>The page you requested is temporarily unavailable."
+    b"</p></body></html>\n"
+)
+_HTML_HEADERS = (("content-type", "text/html; charset=utf-8"),)
+
+
+def _failure(fault: Fault, retry_after: int) -> ServiceFailure | None:
+    if fault is Fault.HTTP_500:
+        return errors.internal_error("An internal error occurred; please retry later")
+    if fault is Fault.HTTP_502:
+        return errors.internal_service_error("The service could not process the request")
+    if fault is Fault.HTTP_503:
+        return errors.service_unavailable("The service is temporarily unavailable")
+    if fault is Fault.HTTP_504:
+        return errors.internal_service_timeout("The service timed out")
+    if fault is Fault.HTTP_429:
+        return errors.flow_limit_exceeded(
+            "Request was denied due to request throttling",
+            headers=(("retry-after", str(retry_after)),),
+        )
+    return None
+
+
+def fault_answer(
+    fault: Fault, envelope: Envelope, *, retry_after: int, would_be: Callable[[], Answer]
+) -> tuple[Answer, str | None]:
+    """The answer ``fault`` gives in place of the service's, and its error code, if any.
+
+    Args:
+        fault: Any fault but :attr:`Fault.SLOW` (which the service answers, late).
+        envelope: The metadata of the answer.
+        retry_after: The ``Retry-After`` of an :attr:`Fault.HTTP_429`.
+        would_be: The service's answer computed without side effects; called only for
+            :attr:`Fault.TRUNCATED_BODY`, which sends the first half of its body.
+    """
+    failure = _failure(fault, retry_after)
+    if failure is not None:
+        return envelope.failure(failure), failure.code
+    if fault is Fault.DROP:
+        return Answer(200, JSON_HEADERS, b"", drop=True), None
+    if fault is Fault.HTML_BODY:
+        return Answer(200, _HTML_HEADERS, _HTML_PAGE), None
+    if fault is Fault.EMPTY_BODY:
+        return Answer(200, JSON_HEADERS, b""), None
+    if fault is Fault.TRUNCATED_BODY:
+        body = would_be().body
+        return Answer(200, JSON_HEADERS, body[: len(body) // 2]), None
+    raise ValueError(f"{fault} is not answered in place of the service")

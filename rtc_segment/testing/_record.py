@@ -3,19 +3,25 @@
 The record list is a bounded deque (``record_limit``) so that long benchmark runs keep
 flat memory; the counters in :class:`EmulatorStats` and the 1-second window maxima stay
 exact however many records were evicted.
+
+:func:`max_in_window` is the one sliding-window count of the project: the emulator's record
+uses it, and so can any test that collects its own timestamps.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import attrs
 
 from .._models import TaskKey
+from ._clock import RESOLUTION
 from ._faults import Fault
 
-__all__ = ["EmulatorStats", "RequestRecord"]
+__all__ = ["EmulatorStats", "RequestRecord", "max_in_window"]
 
 THROTTLE_CODE = "FlowLimitExceeded"
 
@@ -26,7 +32,8 @@ class RequestRecord:
 
     Attributes:
         request_id: The ``RequestId`` it answered with.
-        arrival: Arrival time on the emulator's monotonic clock (seconds).
+        arrival: When the request reached the service and was counted against the ceiling,
+            on the emulator's monotonic clock (seconds): after its forward delay, if any.
         method: The HTTP method.
         action: The ``Action`` query parameter (``None`` when absent).
         version: The ``Version`` query parameter (``None`` when absent).
@@ -38,6 +45,8 @@ class RequestRecord:
         error_code: ``Error.Code`` of the answer, if it was an error.
         fault: The injected fault, if any.
         admitted: Whether it passed the QPS ceiling (and so counted toward it).
+        forward_delay: Seconds the request spent on the way in (``Emulator(forward_delay=
+            ...)``); it was handed to the emulator at ``arrival - forward_delay``.
     """
 
     request_id: str
@@ -53,6 +62,7 @@ class RequestRecord:
     error_code: str | None
     fault: Fault | None
     admitted: bool
+    forward_delay: float = 0.0
 
     @property
     def throttled(self) -> bool:
@@ -107,7 +117,7 @@ class _WindowMax:
 
     def add(self, at: float) -> None:
         times = self._times
-        horizon = at - self.width
+        horizon = at - self.width + RESOLUTION
         while times and times[0] <= horizon:
             times.popleft()
         times.append(at)
@@ -115,12 +125,57 @@ class _WindowMax:
             self.max = len(times)
 
 
-def max_in_window(arrivals: Iterable[float], width: float) -> int:
-    """The most of ``arrivals`` (sorted) in any half-open window of ``width`` seconds."""
-    window = _WindowMax(width)
-    for at in arrivals:
-        window.add(at)
-    return window.max
+def max_in_window(times: Iterable[float], seconds: float = 1.0) -> int:
+    """The most of ``times`` in any sliding window of ``seconds``: the measure of a ceiling.
+
+    Windows are half-open, ``[t, t + seconds)``, the rule the emulator's ceiling applies: two
+    events exactly ``seconds`` apart are never in one window. Like the ceiling, it treats
+    events less than a nanosecond short of ``seconds`` apart as ``seconds`` apart, so that
+    floating-point noise does not invent an extra event in a window. ``times`` may come in
+    any order (they are sorted here).
+
+    Example: ``max_in_window([0.0, 0.5, 0.99, 1.0]) == 3``.
+
+    Raises:
+        ValueError: ``seconds`` is not a positive number.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    ordered = sorted(times)
+    return max(
+        (
+            bisect.bisect_left(ordered, start + seconds - RESOLUTION) - i
+            for i, start in enumerate(ordered)
+        ),
+        default=0,
+    )
+
+
+def task_key_of(params: Mapping[str, Any]) -> TaskKey | None:
+    """The task a request names, when its ``AppId``, ``RoomId`` and ``TaskId`` are strings."""
+    app_id, room_id, task_id = (params.get(n) for n in ("AppId", "RoomId", "TaskId"))
+    if isinstance(app_id, str) and isinstance(room_id, str) and isinstance(task_id, str):
+        return TaskKey(app_id, room_id, task_id)
+    return None
+
+
+_KEY_PARTS = {"app_id": 0, "room_id": 1, "task_id": 2}
+
+
+def matches(record: RequestRecord, filters: Mapping[str, Any]) -> bool:
+    """Whether ``record`` has every attribute in ``filters`` (plus ``app_id``/``room_id``/
+    ``task_id``, parts of its key; ``key`` compares with any 3-sequence)."""
+    for name, wanted in filters.items():
+        index = _KEY_PARTS.get(name)
+        if index is not None:
+            if record.key is None or record.key[index] != wanted:
+                return False
+        elif name == "key":
+            if record.key != (None if wanted is None else TaskKey(*wanted)):
+                return False
+        elif getattr(record, name) != wanted:
+            return False
+    return True
 
 
 class Recorder:
@@ -165,8 +220,23 @@ class Recorder:
         if record.fault is not None:
             self.by_fault[record.fault] += 1
 
-    def window_max(self, *, admitted_only: bool) -> int:
-        return (self._window_admitted if admitted_only else self._window_all).max
+    def count(self, filters: Mapping[str, Any]) -> int:
+        """Exact without filters; otherwise counted over the kept records."""
+        if not filters:
+            return self.total
+        return sum(1 for record in self.records if matches(record, filters))
+
+    def max_in_window(
+        self, seconds: float, *, admitted_only: bool, filters: Mapping[str, Any]
+    ) -> int:
+        """Exact for a 1-second window without filters; otherwise from the kept records."""
+        if seconds == 1.0 and not filters:
+            return (self._window_admitted if admitted_only else self._window_all).max
+        if admitted_only:
+            filters = {**filters, "admitted": True}
+        return max_in_window(
+            (record.arrival for record in self.records if matches(record, filters)), seconds
+        )
 
     def stats(self) -> EmulatorStats:
         return EmulatorStats(

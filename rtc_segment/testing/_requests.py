@@ -2,7 +2,8 @@
 
 Every check raises ``InvalidParameter`` with a message that names the offending field by
 its JSON path (``StorageConfig.TosConfig.Bucket``), so a test can tell which rule fired.
-The ranges are the documented ones (facts §5): ``Duration`` 1-600 s, ``MaxIdleTime``
+The ranges are the documented ones (StartSegment,
+https://www.volcengine.com/docs/6348/1188212): ``Duration`` 1-600 s, ``MaxIdleTime``
 1-86400 s, at most 17 target streams with unique ``Index`` values, ids from
 ``[a-zA-Z0-9_@.-]{1,128}``. The storage object that matches ``StorageConfig.Type`` must be
 present with its identifying fields (the account and bucket/space/service; for third-party

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .._models import (
     Control,
@@ -22,10 +22,9 @@ from .._models import (
     Vendor,
     VodConfig,
 )
-from ._state import Lifecycle, to_ms
+from ._state import Lifecycle, TaskStore, register, to_ms
 
-if TYPE_CHECKING:
-    from ._emulator import Emulator
+__all__ = ["seed_rooms"]
 
 _ENDINGS = (StopReason.IDLE_TIMEOUT, StopReason.STOP_BY_API, StopReason.USER_DISCONNECT)
 
@@ -65,18 +64,17 @@ def _streams(rng: random.Random) -> TargetStreams:
     )
 
 
-def seed_rooms(emulator: Emulator, n: int, *, app_id: str, seed: int | None) -> list[TaskKey]:
+def seed_rooms(store: TaskStore, n: int, *, app_id: str, seed: int | None) -> list[TaskKey]:
     """Register ``n`` rooms (``room-00000``...) with one task each; see ``Emulator.seed_rooms``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
     rng = random.Random(seed)
-    now = emulator.wall_clock()
+    now = store.wall_time()
     keys = []
     width = max(5, len(str(n - 1)))
     for i in range(n):
-        room_id = f"room-{i:0{width}d}"
-        task_id = f"task-{i:0{width}d}"
-        common = {
+        key = TaskKey(app_id, f"room-{i:0{width}d}", f"task-{i:0{width}d}")
+        common: dict[str, Any] = {
             "max_idle_time": rng.choice((60, 180, 600)),
             "duration": rng.choice((10, 20, 30, 60)),
             "handle": rng.random() < 0.9,
@@ -93,59 +91,54 @@ def seed_rooms(emulator: Emulator, n: int, *, app_id: str, seed: int | None) -> 
         kind = rng.random()
         if kind < 0.10:  # not started yet: starts within 5 s, ends within a minute
             running = rng.uniform(0.5, 5.0)
-            emulator.add_task(
-                app_id,
-                room_id,
-                task_id,
+            register(
+                store,
+                key,
                 lifecycle=Lifecycle.after_seconds(
                     running=running,
                     ended=running + rng.uniform(5.0, 55.0),
                     stop_reason=rng.choice(_ENDINGS),
                 ),
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         elif kind < 0.45:  # running, ends within seconds
-            emulator.add_task(
-                app_id,
-                room_id,
-                task_id,
+            register(
+                store,
+                key,
                 start_time=to_ms(now - timedelta(seconds=rng.uniform(30, 3600))),
                 lifecycle=Lifecycle.after_seconds(
                     ended=rng.uniform(2.0, 20.0), stop_reason=rng.choice(_ENDINGS)
                 ),
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         elif kind < 0.70:  # running for a long while yet
-            emulator.add_task(
-                app_id,
-                room_id,
-                task_id,
+            register(
+                store,
+                key,
                 start_time=to_ms(now - timedelta(seconds=rng.uniform(60, 7200))),
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         elif kind < 0.90:  # ended within the last two days
             started = now - timedelta(hours=rng.uniform(1, 48))
-            emulator.add_task(
-                app_id,
-                room_id,
-                task_id,
+            register(
+                store,
+                key,
                 status=TaskStatus.ENDED,
                 start_time=started,
                 end_time=started + timedelta(minutes=rng.uniform(1, 120)),
                 stop_reason=rng.choice(_ENDINGS),
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         else:  # failed to start
             started = now - timedelta(minutes=rng.uniform(1, 600))
-            emulator.add_task(
-                app_id,
-                room_id,
-                task_id,
+            register(
+                store,
+                key,
                 status=TaskStatus.FAILED,
                 start_time=started,
                 end_time=started + timedelta(seconds=rng.uniform(0.1, 3)),
                 stop_reason=StopReason.START_TASK_FAILED,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
-        keys.append(TaskKey(app_id, room_id, task_id))
+        keys.append(key)
     return keys

@@ -1,7 +1,7 @@
-"""The loopback delivery: the emulator as a plain ASGI app, served by uvicorn.
+"""The loopback delivery: a request handler (the emulator) as a plain ASGI app, served by uvicorn.
 
-uvicorn is imported only here, and only when a server is started: it comes with the
-``emulator`` extra (``pip install 'rtc-segment[emulator]'``).
+uvicorn is imported only here, and only when a server is started: it is an optional
+dependency, the ``emulator`` extra (``pip install 'rtc-segment[emulator]'``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._emulator import EmulatorRequest
-
-if TYPE_CHECKING:
-    from ._emulator import Emulator
+from ._envelope import EmulatorRequest, RequestHandler
 
 __all__ = ["EmulatorASGIApp", "run_emulator", "serve"]
 
@@ -26,10 +23,16 @@ _INCOMPLETE = "ASGI callable returned without completing response."
 
 
 class EmulatorASGIApp:
-    """An ASGI 3 application that answers every HTTP request through the emulator."""
+    """An ASGI 3 application that answers every HTTP request through a request handler.
 
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+    Args:
+        handler: What answers the requests: an ``Emulator``, or any
+            :class:`~rtc_segment.testing.RequestHandler`.
+    """
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self.handler = handler
+        """The request handler this application delivers to."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """The ASGI entry point."""
@@ -51,7 +54,7 @@ class EmulatorASGIApp:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        answer = self.emulator.handle(
+        answer = await self.handler.handle(
             EmulatorRequest(
                 method=scope["method"],
                 path=scope["path"],
@@ -132,7 +135,7 @@ def _server_class(*, own_signals: bool) -> Any:
 
 @contextlib.asynccontextmanager
 async def _running(
-    emulator: Emulator, host: str, port: int, *, own_signals: bool = False
+    handler: RequestHandler, host: str, port: int, *, own_signals: bool = False
 ) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
     try:
         import uvicorn
@@ -142,7 +145,7 @@ async def _running(
         ) from exc
     sock = _bind(host, port)
     config = uvicorn.Config(
-        EmulatorASGIApp(emulator),
+        EmulatorASGIApp(handler),
         lifespan="off",
         access_log=False,
         log_config=None,  # a library must not reconfigure the application's logging
@@ -171,19 +174,19 @@ async def _running(
 
 @contextlib.asynccontextmanager
 async def serve(
-    emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0
+    handler: RequestHandler, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
-    """Serve ``emulator`` on ``host:port`` while the context is open; yields the base URL.
+    """Serve ``handler`` on ``host:port`` while the context is open; yields the base URL.
 
     The server runs inside the caller's event loop and leaves signal handling to the caller
     (a Ctrl-C reaches the application, not uvicorn).
     """
-    async with _running(emulator, host, port) as (url, _task):
+    async with _running(handler, host, port) as (url, _task):
         yield url
 
 
 def run_emulator(
-    emulator: Emulator,
+    emulator: RequestHandler,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -192,7 +195,8 @@ def run_emulator(
     """Serve ``emulator`` until interrupted (Ctrl-C or SIGTERM); blocks. Prints nothing.
 
     Args:
-        emulator: The emulator to serve.
+        emulator: The emulator to serve (or any
+            :class:`~rtc_segment.testing.RequestHandler`).
         host: The address to listen on (keep it loopback: the emulator is not hardened).
         port: The port; 0 picks a free one.
         on_ready: Called with the base URL (``http://127.0.0.1:8080``) once it listens --

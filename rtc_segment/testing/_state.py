@@ -1,4 +1,4 @@
-"""The emulator's tasks: what ``add_task`` registers and how tasks move through their lifecycle.
+"""The emulator's tasks: the store that holds them, and how they move through their lifecycle.
 
 A task may carry a :class:`Lifecycle`: "not started -> running -> ended (or failed)" after
 some seconds on the emulator's clock and/or after some reads. Transitions are applied
@@ -8,7 +8,7 @@ lazily, whenever the task is looked at, and are stamped with the time they were 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from .._models import (
     TosConfig,
 )
 
-__all__ = ["Lifecycle", "TaskHandle"]
+__all__ = ["Lifecycle", "TaskHandle", "TaskState", "TaskStore", "register"]
 
 QUERY_WINDOW = timedelta(hours=72)
 _NO_LIFECYCLE_STATES = (TaskStatus.ENDED, TaskStatus.FAILED)
@@ -190,6 +190,135 @@ class TaskState:
         return reference >= now_ms - QUERY_WINDOW // timedelta(milliseconds=1)
 
 
+class TaskStore:
+    """The emulator's registered tasks by key, and the clocks that move their lifecycles.
+
+    The one place task state lives: the actions, the handles and the seeding read and change
+    tasks through it. :meth:`get` applies every lifecycle transition that is due before
+    returning a task, so whoever looks sees the task as it is now.
+
+    Args:
+        clock: Monotonic seconds (lifecycles are scheduled on it).
+        wall_clock: The current time as an aware UTC datetime (``StartTime``/``EndTime``).
+    """
+
+    def __init__(self, clock: Callable[[], float], wall_clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._tasks: dict[TaskKey, TaskState] = {}
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        return self._clock()
+
+    def wall_time(self) -> datetime:
+        """The current wall time (aware UTC datetime)."""
+        return self._wall_clock()
+
+    def wall_ms(self) -> int:
+        """The current wall time in Unix milliseconds."""
+        return to_ms(self._wall_clock())
+
+    def wall_ms_at(self, monotonic: float) -> int:
+        """The wall time, in Unix milliseconds, of an earlier instant on the monotonic clock."""
+        return to_ms(self._wall_clock() - timedelta(seconds=self._clock() - monotonic))
+
+    def get(self, key: TaskKey) -> TaskState | None:
+        """The task under ``key`` as it is now (due transitions applied), or ``None``."""
+        state = self._tasks.get(key)
+        if state is not None:
+            state.advance(self._clock(), self.wall_ms_at)
+        return state
+
+    def peek(self, key: TaskKey) -> TaskState | None:
+        """The task under ``key`` as last stored, without applying its lifecycle."""
+        return self._tasks.get(key)
+
+    def put(self, key: TaskKey, task: SegmentTask, lifecycle: Lifecycle | None = None) -> TaskState:
+        """Store ``task`` under ``key`` as registered now, replacing any task there.
+
+        A replaced key moves to the end of the iteration order, like a new one.
+        """
+        self._tasks.pop(key, None)
+        state = self._tasks[key] = TaskState(
+            key=key,
+            task=task,
+            added_at=self._clock(),
+            registered_ms=self.wall_ms(),
+            lifecycle=lifecycle,
+        )
+        return state
+
+    def remove(self, key: TaskKey) -> None:
+        """Forget the task under ``key`` (nothing happens if there is none)."""
+        self._tasks.pop(key, None)
+
+    def __iter__(self) -> Iterator[TaskKey]:
+        return iter(list(self._tasks))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tasks
+
+
+#: Marks a keyword of :func:`register` that was not given (``None`` is a value there).
+UNSET: Any = object()
+
+
+def register(
+    store: TaskStore,
+    key: TaskKey,
+    *,
+    status: TaskStatus | None = None,
+    start_time: datetime | int | None = None,
+    end_time: datetime | int | None = None,
+    stop_reason: StopReason | None = UNSET,
+    identifier: str | None = None,
+    lifecycle: Lifecycle | None = None,
+    **fields: Any,
+) -> TaskState:
+    """Store a task built from ``Emulator.add_task``'s arguments (see there); defaults as the
+    service's: omitted ``fields`` (or ones given as :data:`UNSET`) take :func:`default_fields`.
+    """
+    if status is None:
+        has_start = lifecycle is not None and lifecycle.has_start
+        status = TaskStatus.NOT_STARTED if has_start else TaskStatus.RUNNING
+    status = TaskStatus(status)
+    now_ms = store.wall_ms()
+    if start_time is None:
+        start_ms = 0 if status in (TaskStatus.NOT_STARTED, TaskStatus.UNKNOWN) else now_ms
+    else:
+        start_ms = as_ms(start_time)
+    end_ms = (now_ms if status.is_terminal else 0) if end_time is None else as_ms(end_time)
+    if stop_reason is UNSET:
+        stop_reason = {
+            TaskStatus.ENDED: StopReason.STOP_BY_API,
+            TaskStatus.FAILED: StopReason.START_TASK_FAILED,
+        }.get(status)
+    given = default_fields()
+    given.update({name: value for name, value in fields.items() if value is not UNSET})
+    task = SegmentTask(
+        start_time=start_ms,
+        end_time=end_ms,
+        status=status,
+        stop_reason=stop_reason,
+        identifier=identifier,
+        **given,
+    )
+    return store.put(key, task, lifecycle)
+
+
+def as_ms(value: datetime | int) -> int:
+    """Unix milliseconds of a time given as an aware datetime or as Unix milliseconds."""
+    if isinstance(value, datetime):
+        return to_ms(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"times must be datetimes or Unix milliseconds, not {value!r}")
+    return value
+
+
 class TaskHandle:
     """A registered task, as ``Emulator.add_task`` returns it.
 
@@ -197,13 +326,13 @@ class TaskHandle:
     example to end it while a watcher polls).
     """
 
-    def __init__(self, emulator: Any, key: TaskKey) -> None:
-        self._emulator = emulator
+    def __init__(self, store: TaskStore, key: TaskKey) -> None:
+        self._store = store
         self.key = key
         """The task's key."""
 
-    def _state(self) -> TaskState:
-        state: TaskState | None = self._emulator._tasks.get(self.key)
+    def _state(self, *, advance: bool = True) -> TaskState:
+        state = self._store.get(self.key) if advance else self._store.peek(self.key)
         if state is None:
             raise KeyError(f"task {self.key} was removed from the emulator")
         return state
@@ -211,34 +340,30 @@ class TaskHandle:
     @property
     def task(self) -> SegmentTask:
         """The task as a read would see it now (lifecycle applied; no read counted)."""
-        state = self._state()
-        self._emulator._advance(state)
-        return state.task
+        return self._state().task
 
     @property
     def reads(self) -> int:
         """How many successful GetSegmentTask answers returned this task."""
-        return self._state().reads
+        return self._state(advance=False).reads
 
     @property
     def lifecycle(self) -> Lifecycle | None:
         """The remaining lifecycle schedule (``None`` once it has finished or if there is none)."""
-        return self._state().lifecycle
+        return self._state(advance=False).lifecycle
 
     @property
     def ends_in(self) -> float | None:
         """Seconds until a time-scheduled end, or ``None`` when the end is not time-based."""
-        state = self._state()
+        state = self._state(advance=False)
         lc = state.lifecycle
         if lc is None or lc.ended_at is None:
             return None
-        now: float = self._emulator._now()
-        return max(0.0, state.added_at + lc.ended_at - now)
+        return max(0.0, state.added_at + lc.ended_at - self._store.now())
 
     def update(self, **fields: Any) -> SegmentTask:
         """Change fields of the task (any :class:`SegmentTask` field); returns the new task."""
         state = self._state()
-        self._emulator._advance(state)
         state.task = attrs.evolve(state.task, **fields)
         return state.task
 
@@ -250,21 +375,18 @@ class TaskHandle:
     ) -> SegmentTask:
         """End (or fail) the task now, cancelling what is left of its lifecycle."""
         state = self._state()
-        self._emulator._advance(state)
+        now_ms = self._store.wall_ms()
         if state.task.status is TaskStatus.NOT_STARTED:
-            state.task = attrs.evolve(state.task, start_time=self._emulator._wall_ms())
+            state.task = attrs.evolve(state.task, start_time=now_ms)
         state.lifecycle = None
         state.task = attrs.evolve(
-            state.task,
-            status=status,
-            stop_reason=stop_reason,
-            end_time=self._emulator._wall_ms(),
+            state.task, status=status, stop_reason=stop_reason, end_time=now_ms
         )
         return state.task
 
     def remove(self) -> None:
         """Forget the task: reads answer "not found" from now on."""
-        self._emulator._tasks.pop(self.key, None)
+        self._store.remove(self.key)
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.key!r})"
