@@ -34,9 +34,11 @@ from ._errors import (
 from ._fanout import OutcomeStream
 from ._limiting import LocalRateLimiter, RateLimiter
 from ._models import (
+    ActionResult,
     Control,
     CustomConfig,
     SegmentTask,
+    StartOutcome,
     StopReason,
     StorageConfig,
     StorageType,
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ENDPOINT",
     "SINGAPORE_ENDPOINT",
+    "ActionResult",
     "ApiError",
     "AuthenticationError",
     "Backoff",
@@ -83,6 +86,7 @@ __all__ = [
     "SegmentClient",
     "SegmentTask",
     "ServerError",
+    "StartOutcome",
     "StopReason",
     "StorageConfig",
     "StorageType",

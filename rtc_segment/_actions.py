@@ -14,15 +14,18 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from ._caller import Action, Calls
+import attrs
+
+from ._caller import Action, Calls, Parse
 from ._converter import ShapeError, structure_task, unstructure
 from ._errors import ResponseFormatError, RtcSegmentError, TaskNotFoundError
 from ._models import (
     Control,
     ResponseMetadata,
     SegmentTask,
+    StartOutcome,
     StorageConfig,
     StorageType,
     Stream,
@@ -32,11 +35,14 @@ from ._models import (
 from ._validation import check_bool, check_int, validate_id
 
 __all__ = [
+    "API_VERSIONS",
+    "DEFAULT_API_VERSION",
     "GET_SEGMENT_TASK",
     "START_SEGMENT",
     "STOP_SEGMENT",
     "UPDATE_SEGMENT",
     "SegmentActions",
+    "check_api_version",
     "parse_ok",
     "parse_segment_task",
     "start_segment_body",
@@ -45,13 +51,21 @@ __all__ = [
 ]
 
 logger = logging.getLogger("rtc_segment")
+_T = TypeVar("_T")
 
 # The service's limits (StartSegment: https://www.volcengine.com/docs/6348/1188212).
 MAX_TARGET_STREAMS = 17
 DURATION_RANGE = (1, 600)
 MAX_IDLE_TIME_RANGE = (1, 86400)
 
-#: The actions, at version 2022-06-01, with their documented per-account ceilings.
+#: The API versions the client speaks. The four actions have the same request and answer
+#: shapes and ceilings in both; StartSegment for a task that is already running is an error
+#: in 2022-06-01 and a success with a notice in 2023-11-01.
+API_VERSIONS = ("2022-06-01", "2023-11-01")
+DEFAULT_API_VERSION = "2022-06-01"
+
+#: The actions, at version 2022-06-01, with their documented per-account ceilings (the
+#: ceilings are per action, whichever version is called).
 GET_SEGMENT_TASK = Action("GetSegmentTask", "2022-06-01", "GET", 60.0)
 START_SEGMENT = Action("StartSegment", "2022-06-01", "POST", 60.0)
 UPDATE_SEGMENT = Action("UpdateSegment", "2022-06-01", "POST", 150.0)
@@ -196,6 +210,28 @@ def stop_segment_body(key: TaskKey, *, business_id: object) -> bytes:
     return _encode(_key_fields(key, business_id))
 
 
+def check_api_version(api_version: object) -> str:
+    """``api_version`` if the client speaks it; else ``TypeError``/``ValueError`` naming it."""
+    if not isinstance(api_version, str):
+        raise TypeError(f"api_version must be a str, not {type(api_version).__name__}")
+    if api_version not in API_VERSIONS:
+        raise ValueError(
+            f"api_version must be one of {', '.join(map(repr, API_VERSIONS))}, got {api_version!r}"
+        )
+    return api_version
+
+
+def parse_start(
+    metadata: ResponseMetadata, result: Any, status: int, action: str, key: TaskKey | None
+) -> StartOutcome:
+    """StartSegment answers ``Result: "ok"`` when it started the task. In 2023-11-01 a task
+    already running is answered with a notice in ``Result`` instead of an error."""
+    if isinstance(result, str) and result.strip().lower() not in ("", "ok", "success"):
+        logger.debug("StartSegment %s: %s", "/".join(key or ()), result[:200])
+        return StartOutcome.ALREADY_RUNNING
+    return StartOutcome.STARTED
+
+
 def parse_ok(
     metadata: ResponseMetadata, result: Any, status: int, action: str, key: TaskKey | None
 ) -> None:
@@ -244,8 +280,19 @@ class SegmentActions:
     :attr:`max_connections`).
     """
 
-    def __init__(self, calls: Calls, *, max_retries: int, deadline: float | None) -> None:
+    def __init__(
+        self,
+        calls: Calls,
+        *,
+        max_retries: int,
+        deadline: float | None,
+        api_version: str = DEFAULT_API_VERSION,
+    ) -> None:
         self._calls = calls
+        self.api_version = api_version
+        self._get, self._start, self._update, self._stop = (
+            attrs.evolve(action, version=api_version) for action in ACTIONS
+        )
         self._max_retries = max_retries
         self._deadline = deadline
         """The default budget of each call (``None``: unbounded)."""
@@ -253,7 +300,7 @@ class SegmentActions:
     @property
     def qps(self) -> float:
         """The GetSegmentTask ceiling the polls are paced at."""
-        return float(self._calls.limiter_for(GET_SEGMENT_TASK).qps)
+        return float(self._calls.limiter_for(self._get).qps)
 
     @property
     def max_connections(self) -> int:
@@ -265,14 +312,14 @@ class SegmentActions:
     ) -> SegmentTask:
         """GetSegmentTask for a validated key (``bulk``: part of a fan-out or watch)."""
         query = {
-            "Action": GET_SEGMENT_TASK.name,
-            "Version": GET_SEGMENT_TASK.version,
+            "Action": self._get.name,
+            "Version": self._get.version,
             "AppId": key.app_id,
             "RoomId": key.room_id,
             "TaskId": key.task_id,
         }
         return await self._calls.call(
-            GET_SEGMENT_TASK,
+            self._get,
             query=query,
             key=key,
             parse=parse_segment_task,
@@ -288,19 +335,22 @@ class SegmentActions:
         *,
         deadline: float | None,
         retry_if_maybe_sent: bool = True,
-    ) -> None:
+        parse: Parse[_T] = parse_ok,  # type: ignore[assignment]
+    ) -> _T:
         query = {"Action": action.name, "Version": action.version}
-        await self._calls.call(
+        return await self._calls.call(
             action,
             query=query,
             key=key,
             body=body,
-            parse=parse_ok,
+            parse=parse,
             retry_if_maybe_sent=retry_if_maybe_sent,
             deadline=self._deadline if deadline is None else deadline,
         )
 
-    async def start(self, key: TaskKey, body: bytes, *, deadline: float | None = None) -> None:
+    async def start(
+        self, key: TaskKey, body: bytes, *, deadline: float | None = None
+    ) -> StartOutcome:
         """StartSegment, never retried blindly: an ambiguous failure is resolved by reading
         the task back (running: it landed; not found: send again; else raise). The deadline
         bounds the whole, read-backs included."""
@@ -308,10 +358,14 @@ class SegmentActions:
         left = _time_left(self._deadline if deadline is None else deadline)
         while True:
             try:
-                await self._post(
-                    START_SEGMENT, key, body, deadline=left(), retry_if_maybe_sent=False
+                return await self._post(
+                    self._start,
+                    key,
+                    body,
+                    deadline=left(),
+                    retry_if_maybe_sent=False,
+                    parse=parse_start,
                 )
-                return
             except RtcSegmentError as error:
                 if not (error.ambiguous and error.retryable):
                     raise
@@ -328,16 +382,16 @@ class SegmentActions:
                 if task.is_terminal:
                     raise error from None
                 logger.debug("StartSegment %s landed although its answer was lost", "/".join(key))
-                return
+                return StartOutcome.STARTED
 
     async def update(self, key: TaskKey, body: bytes, *, deadline: float | None = None) -> None:
         """UpdateSegment; setting values is idempotent, so transient failures are retried."""
-        await self._post(UPDATE_SEGMENT, key, body, deadline=deadline)
+        await self._post(self._update, key, body, deadline=deadline)
 
     async def stop(self, key: TaskKey, body: bytes, *, deadline: float | None = None) -> None:
         """StopSegment; "not found" after an attempt that may have stopped it is success."""
         try:
-            await self._post(STOP_SEGMENT, key, body, deadline=deadline)
+            await self._post(self._stop, key, body, deadline=deadline)
         except TaskNotFoundError as error:
             if error.ambiguous:
                 logger.debug("StopSegment %s: an earlier attempt stopped it", "/".join(key))

@@ -10,13 +10,16 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
+from typing import Any, Literal
 
 import httpx
 
 from ._actions import (
     ACTIONS,
+    DEFAULT_API_VERSION,
     GET_SEGMENT_TASK,
     SegmentActions,
+    check_api_version,
     start_segment_body,
     stop_segment_body,
     update_segment_body,
@@ -27,14 +30,17 @@ from ._credentials import Credentials
 from ._fanout import OutcomeStream, gather_outcomes
 from ._limiting import ActionLimiters, RateLimiter
 from ._models import (
+    ActionResult,
     Control,
     SegmentTask,
+    StartOutcome,
     StorageConfig,
     Stream,
     TargetStreams,
     TaskKey,
     TaskOutcome,
 )
+from ._other_actions import call_action
 from ._scheduling import KeyLike, check_deadline
 from ._validation import check_int, check_number, task_key
 from ._watch import TaskWatch, wait_for, watch_one
@@ -69,6 +75,11 @@ class SegmentClient:
         endpoint: Base URL of the OpenAPI gateway. ``http://`` is accepted only for loopback
             hosts (e.g. the emulator) unless ``allow_insecure_http`` is set.
         region: Signing region (``cn-north-1`` for the default endpoint).
+        api_version: The OpenAPI version of the four segment actions: ``"2022-06-01"``
+            (the default) or ``"2023-11-01"`` (the service's latest). Requests and answers
+            are the same in both; only :meth:`start_segment` on a task that is already
+            running differs (an error in 2022-06-01, :attr:`StartOutcome.ALREADY_RUNNING`
+            in 2023-11-01). Both share each action's ceiling.
         qps: GetSegmentTask ceiling when ``limiter`` is not given. The process's clients of
             one account with the same ``qps`` share one adaptive :class:`LocalRateLimiter`
             (its margin below the ceiling follows the observed round-trip jitter).
@@ -105,6 +116,7 @@ class SegmentClient:
         *,
         endpoint: str = DEFAULT_ENDPOINT,
         region: str = "cn-north-1",
+        api_version: str = DEFAULT_API_VERSION,
         qps: float = 60.0,
         limiter: RateLimiter | None = None,
         action_limiters: Mapping[str, RateLimiter] | None = None,
@@ -126,6 +138,7 @@ class SegmentClient:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning a datetime, not {clock!r}")
         base_url, host = check_endpoint(endpoint, allow_insecure_http)
+        check_api_version(api_version)
         if limiter is None:
             check_number("qps", qps, positive=True)
         elif not isinstance(limiter, RateLimiter):
@@ -166,7 +179,10 @@ class SegmentClient:
             clock=clock,
         )
         self._base_url = base_url
-        self._actions = SegmentActions(self._caller, max_retries=max_retries, deadline=deadline)
+        self._deadline = deadline
+        self._actions = SegmentActions(
+            self._caller, max_retries=max_retries, deadline=deadline, api_version=api_version
+        )
         # What OutcomeStream(client, ...) and TaskWatch(client, ...) poll with.
         self._task_fetcher = self._actions
 
@@ -205,6 +221,11 @@ class SegmentClient:
     def limiter(self) -> RateLimiter:
         """The rate limiter every GetSegmentTask attempt of this client waits on."""
         return self._limiters.primary
+
+    @property
+    def api_version(self) -> str:
+        """The OpenAPI version the segment actions are called at."""
+        return self._actions.api_version
 
     @property
     def endpoint(self) -> str:
@@ -257,8 +278,8 @@ class SegmentClient:
         control: Control | None = None,
         business_id: str | None = None,
         deadline: float | None = None,
-    ) -> None:
-        """Start an audio-segment task (StartSegment, 2022-06-01).
+    ) -> StartOutcome:
+        """Start an audio-segment task (StartSegment).
 
         Arguments are checked against the documented ranges before anything is sent:
         ``duration`` 1-600 s, ``max_idle_time`` 1-86400 s, at most 17 target streams with
@@ -273,8 +294,14 @@ class SegmentClient:
         the original error is raised with ``ambiguous=True``. ``deadline`` bounds the
         whole, read-backs included.
 
+        Returns:
+            :attr:`StartOutcome.STARTED`, or on API version 2023-11-01
+            :attr:`StartOutcome.ALREADY_RUNNING` when a task with this TaskId was already
+            running (the service answers with a notice, and the task is unchanged).
+
         Raises:
-            InvalidParameterError: e.g. ``InvalidParameter.TaskAlreadyExists``.
+            InvalidParameterError: e.g. ``InvalidParameter.TaskAlreadyExists`` (2022-06-01:
+                a task with this TaskId is already running).
         """
         key = task_key(app_id, room_id, task_id)
         budget = check_deadline(deadline)
@@ -289,7 +316,7 @@ class SegmentClient:
             control=control,
             business_id=business_id,
         )
-        await self._actions.start(key, body, deadline=budget)
+        return await self._actions.start(key, body, deadline=budget)
 
     async def update_segment(
         self,
@@ -303,7 +330,7 @@ class SegmentClient:
         business_id: str | None = None,
         deadline: float | None = None,
     ) -> None:
-        """Change a running task (UpdateSegment, 2022-06-01); give at least one of
+        """Change a running task (UpdateSegment); give at least one of
         ``identifier``, ``handle``, ``duration`` (1-600 s; changing it restarts the slice
         timer). Setting values is idempotent, so transient failures are retried."""
         key = task_key(app_id, room_id, task_id)
@@ -322,7 +349,7 @@ class SegmentClient:
         business_id: str | None = None,
         deadline: float | None = None,
     ) -> None:
-        """Stop a task (StopSegment, 2022-06-01). Transient failures are retried; when a
+        """Stop a task (StopSegment). Transient failures are retried; when a
         retry finds the task already gone after an earlier attempt may have stopped it,
         that counts as success (the task is stopped either way).
 
@@ -333,6 +360,63 @@ class SegmentClient:
         budget = check_deadline(deadline)
         body = stop_segment_body(key, business_id=business_id)
         await self._actions.stop(key, body, deadline=budget)
+
+    # -- any other action --------------------------------------------------------------
+
+    async def call(
+        self,
+        action: str,
+        version: str,
+        *,
+        qps: float,
+        query: Mapping[str, str] | None = None,
+        json: Any = None,
+        method: Literal["GET", "POST"] | None = None,
+        idempotent: bool = False,
+        deadline: float | None = None,
+    ) -> ActionResult:
+        """Call any RTC OpenAPI action through this client's limiter, signer and retries.
+
+        For the actions this library has no method for (recording, streaming, rooms, ...)::
+
+            info = await client.call(
+                "GetRoomOnlineUsers", "2023-11-01", qps=20, query={"AppId": app, "RoomId": r}
+            )
+            info.result  # the answer's Result, as JSON
+
+        Args:
+            action: The action name, e.g. ``"StartRecord"``.
+            version: Its API version, e.g. ``"2023-11-01"``.
+            qps: The action's documented ceiling. The action gets a limiter of its own at
+                this rate (shared, as every action's, by the account's clients in the
+                process); the first ``qps`` given for an action is the one kept.
+            query: More query parameters (``Action`` and ``Version`` are set for you).
+            json: A JSON body; sent as POST. Without one the request is a GET.
+            method: ``"GET"`` or ``"POST"``, to override the choice above.
+            idempotent: ``True`` lets failures after which the request may have reached the
+                service be retried. Leave it ``False`` for actions that change state.
+            deadline: Budget of the whole call, like every method's.
+
+        Returns:
+            The answer's ``Result`` (decoded JSON), request id and HTTP status.
+
+        Raises:
+            TypeError, ValueError: an argument is malformed (nothing is sent).
+            InvalidParameterError: e.g. code ``InvalidActionOrVersion`` for an unknown pair.
+            RtcSegmentError: any other failure, classified as for the typed methods.
+        """
+        budget = check_deadline(deadline)
+        return await call_action(
+            self._caller,
+            action,
+            version,
+            qps=qps,
+            query=query,
+            json_body=json,
+            method=method,
+            idempotent=idempotent,
+            deadline=self._deadline if budget is None else budget,
+        )
 
     # -- many tasks --------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from typing import Any, NamedTuple, TypeVar
 import attrs
 
 __all__ = [
+    "ActionResult",
     "Control",
     "CustomConfig",
     "ResponseError",
     "ResponseMetadata",
     "SegmentTask",
+    "StartOutcome",
     "StopReason",
     "StorageConfig",
     "StorageType",
@@ -329,3 +331,31 @@ class TaskOutcome:
     def ok(self) -> bool:
         """True when the task was fetched."""
         return self.error is None
+
+
+class StartOutcome(str, enum.Enum):
+    """What ``SegmentClient.start_segment`` did.
+
+    ``STARTED``: the task was started by this call. ``ALREADY_RUNNING``: API version
+    2023-11-01 only -- a task with this TaskId was already running, and the service answered
+    with a notice instead of an error (2022-06-01 raises ``InvalidParameterError`` with code
+    ``InvalidParameter.TaskAlreadyExists`` instead).
+    """
+
+    STARTED = "started"
+    ALREADY_RUNNING = "already_running"
+
+
+@attrs.frozen
+class ActionResult:
+    """The answer of ``SegmentClient.call``: the ``Result`` of any OpenAPI action.
+
+    Attributes:
+        result: The answer's ``Result``, as decoded JSON (``None`` when it had none).
+        request_id: ``ResponseMetadata.RequestId``, for support requests.
+        http_status: The HTTP status of the answer.
+    """
+
+    result: Any
+    request_id: str
+    http_status: int

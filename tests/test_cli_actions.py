@@ -297,3 +297,25 @@ def test_ctrl_c_during_a_start_exits_130_and_warns_it_may_have_landed() -> None:
     assert "may have reached the service" in result.stderr
     assert result.stdout == ""
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_api_version_2023_reports_a_start_of_a_running_task() -> None:
+    emulator = Emulator()
+    emulator.add_task("app", "room", "task", status=TaskStatus.RUNNING)
+    result = cli(["start", *KEY, *TOS, "--api-version", "2023-11-01"], emulator.transport())
+    assert result.status == 0, result.stderr
+    assert result.record["ok"] is True
+    assert result.record["already_running"] is True
+    assert emulator.requests[-1].version == "2023-11-01"
+    on_terminal = cli(
+        ["start", *KEY, *TOS, "--api-version", "2023-11-01"], emulator.transport(), stdout_tty=True
+    )
+    assert "already running: app / room / task" in on_terminal.stdout
+
+
+def test_an_unknown_api_version_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    emulator = Emulator()
+    result = cli(["get", *KEY, "--api-version", "2099-01-01"], emulator.transport())
+    assert result.status == 2
+    assert "--api-version" in result.stderr + capsys.readouterr().err
+    assert emulator.count() == 0

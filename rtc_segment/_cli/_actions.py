@@ -20,6 +20,7 @@ from .._errors import RtcSegmentError
 from .._models import (
     Control,
     CustomConfig,
+    StartOutcome,
     StorageConfig,
     StorageType,
     Stream,
@@ -38,7 +39,7 @@ __all__ = ["command_start", "command_stop", "command_update", "storage_config_fr
 
 EXIT_INTERRUPTED = 130
 
-_Call = Callable[[SegmentClient, TaskKey], Coroutine[Any, Any, None]]
+_Call = Callable[[SegmentClient, TaskKey], Coroutine[Any, Any, object]]
 
 # Which storage options each --storage-type needs; every other storage option is refused,
 # so that a flag meant for another type is never silently ignored.
@@ -133,7 +134,7 @@ async def command_start(args: argparse.Namespace, context: Context) -> int:
         # Read after make_client: with --secret-key-stdin the API secret is the first line.
         storage = storage_config_from(args, _stdin_secret(context))
 
-        def call(client: SegmentClient, key: TaskKey) -> Coroutine[Any, Any, None]:
+        def call(client: SegmentClient, key: TaskKey) -> Coroutine[Any, Any, StartOutcome]:
             return client.start_segment(
                 *key,
                 storage_config=storage,
@@ -188,8 +189,13 @@ async def _perform(
     terminal = context.terminal
     key = TaskKey(args.app_id, args.room_id, args.task_id)
     as_json = args.json or not terminal.stdout_is_terminal
+    outcome: list[object] = []
+
+    async def perform() -> None:
+        outcome.append(await call(client, key))
+
     try:
-        completed = await run_until_interrupted(call(client, key), context.interrupt)
+        completed = await run_until_interrupted(perform(), context.interrupt)
     except RtcSegmentError as error:
         terminal.warn(f"rtc-segment: {error}")
         if error.ambiguous:
@@ -212,8 +218,13 @@ async def _perform(
             "(check with `rtc-segment get`)"
         )
         return EXIT_INTERRUPTED
+    # API version 2023-11-01 answers a start of a running task with a notice, not an error.
+    already = outcome == [StartOutcome.ALREADY_RUNNING]
     if as_json:
-        terminal.emit(dumps(action_record(action, key, ok=True)))
+        record = action_record(action, key, ok=True)
+        if already:
+            record["already_running"] = True
+        terminal.emit(dumps(record))
     else:
-        terminal.show(action_confirmation(action, done, key))
+        terminal.show(action_confirmation(action, "already running:" if already else done, key))
     return 0

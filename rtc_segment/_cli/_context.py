@@ -71,6 +71,7 @@ def make_client(args: argparse.Namespace, context: Context) -> SegmentClient:
             credentials,
             endpoint=args.endpoint,
             region=args.region,
+            api_version=args.api_version,
             qps=args.qps,
             timeout=args.timeout,
             max_retries=args.max_retries,

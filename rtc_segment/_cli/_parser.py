@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from .._actions import API_VERSIONS, DEFAULT_API_VERSION
 from .._client import DEFAULT_ENDPOINT
 
 __all__ = ["DEMO_ROOMS", "build_parser"]
@@ -83,6 +84,12 @@ def _client_options() -> argparse.ArgumentParser:
         "--endpoint", default=DEFAULT_ENDPOINT, help="OpenAPI base URL (default: %(default)s)"
     )
     group.add_argument("--region", default="cn-north-1", help="signing region (%(default)s)")
+    group.add_argument(
+        "--api-version",
+        choices=API_VERSIONS,
+        default=DEFAULT_API_VERSION,
+        help="OpenAPI version of the segment actions (%(default)s)",
+    )
     group.add_argument(
         "--qps", type=_positive_float, default=60.0, help="request ceiling (%(default)g)"
     )
