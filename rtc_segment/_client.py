@@ -377,33 +377,16 @@ class SegmentClient:
     ) -> ActionResult:
         """Call any RTC OpenAPI action through this client's limiter, signer and retries.
 
-        For the actions this library has no method for (recording, streaming, rooms, ...)::
-
-            info = await client.call(
-                "GetRoomOnlineUsers", "2023-11-01", qps=20, query={"AppId": app, "RoomId": r}
-            )
-            info.result  # the answer's Result, as JSON
-
-        Args:
-            action: The action name, e.g. ``"StartRecord"``.
-            version: Its API version, e.g. ``"2023-11-01"``.
-            qps: The action's documented ceiling. The action gets a limiter of its own at
-                this rate (shared, as every action's, by the account's clients in the
-                process); the first ``qps`` given for an action is the one kept.
-            query: More query parameters (``Action`` and ``Version`` are set for you).
-            json: A JSON body; sent as POST. Without one the request is a GET.
-            method: ``"GET"`` or ``"POST"``, to override the choice above.
-            idempotent: ``True`` lets failures after which the request may have reached the
-                service be retried. Leave it ``False`` for actions that change state.
-            deadline: Budget of the whole call, like every method's.
-
-        Returns:
-            The answer's ``Result`` (decoded JSON), request id and HTTP status.
-
-        Raises:
-            TypeError, ValueError: an argument is malformed (nothing is sent).
-            InvalidParameterError: e.g. code ``InvalidActionOrVersion`` for an unknown pair.
-            RtcSegmentError: any other failure, classified as for the typed methods.
+        ``qps`` is the action's documented ceiling: the action gets a limiter of its own at
+        that rate (the first ``qps`` given for an action is kept). ``query`` adds query
+        parameters (``Action`` and ``Version`` are set for you); ``json`` is sent as a POST
+        body (without it the request is a GET; ``method`` overrides). ``idempotent=True``
+        lets failures after which the request may have landed be retried; leave it off for
+        actions that change state. Returns the answer's ``Result`` as decoded JSON, with
+        its request id. Raises ``TypeError``/``ValueError`` before sending for a malformed
+        argument, and the typed errors of every method (an unknown action or version is
+        ``InvalidParameterError`` with code ``InvalidActionOrVersion``). Guide:
+        ``docs/other-actions.md``.
         """
         budget = check_deadline(deadline)
         return await call_action(
