@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 
 import pytest
 
 from rtc_segment._limiting import LocalRateLimiter, RateLimiter
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    """Largest number of events in any closed interval of length ``window``."""
-    ordered = sorted(times)
-    best = 0
-    for i, start in enumerate(ordered):
-        # Tiny tolerance: float noise must not hide a real violation, nor invent one.
-        j = bisect.bisect_right(ordered, start + window - 1e-9)
-        best = max(best, j - i)
-    return best
+from rtc_segment.testing import max_in_window
 
 
 async def acquire_times(limiter: LocalRateLimiter, n: int, concurrency: int) -> list[float]:
@@ -72,7 +61,7 @@ async def test_bound_tolerates_arrival_jitter_of_ten_milliseconds() -> None:
     limiter = LocalRateLimiter(60)
     times = await acquire_times(limiter, 300, concurrency=100)
     # At the server, a 1-second window is a (1 s + jitter) window of sends.
-    assert max_in_window(times, window=1.0 + 0.008) <= 60
+    assert max_in_window(times, seconds=1.0 + 0.008) <= 60
 
 
 @pytest.mark.looptime
