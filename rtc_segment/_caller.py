@@ -386,10 +386,13 @@ class Caller:
     ) -> tuple[ResponseMetadata, Any, int]:
         """One attempt: a slot, the limiter, a fresh signature, the exchange, the verdict."""
         with budget.spending("queued"):
+            bound = budget.bound()
             try:
-                async with budget.bound():
+                async with bound:
                     await self._take_turn(limiter, bulk)
             except TimeoutError:
+                if not bound.expired():  # the limiter's own, not the deadline
+                    raise
                 raise _OutOfTime(sent=False) from None
         handed_off = False
         try:
@@ -414,10 +417,13 @@ class Caller:
             started = budget.now()
             with budget.spending("in_attempts"):
                 if not self._shelter_exchanges:
+                    bound = asyncio.timeout(limit)
                     try:
-                        async with asyncio.timeout(limit):
+                        async with bound:
                             response, payload = await self._exchange(request, action.name, key)
                     except TimeoutError:
+                        if not bound.expired():
+                            raise
                         raise self._timed_out(action.name, key, budget, limit) from None
                 else:
                     exchange = asyncio.ensure_future(
