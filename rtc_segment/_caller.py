@@ -184,6 +184,7 @@ class Caller:
         # What an attempt typically takes: a retry that cannot finish in the deadline left
         # is not started.
         self._typical_round_trip = 0.0
+        self._round_trips_seen = False
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout),
@@ -445,7 +446,11 @@ class Caller:
         finally:
             if not handed_off:
                 self._release_slot()
-        self._typical_round_trip += (elapsed - self._typical_round_trip) * _ROUND_TRIP_WEIGHT
+        if self._round_trips_seen:
+            self._typical_round_trip += (elapsed - self._typical_round_trip) * _ROUND_TRIP_WEIGHT
+        else:
+            self._typical_round_trip = elapsed
+        self._round_trips_seen = True
         _feed_back(limiter, "observe_round_trip", elapsed)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
