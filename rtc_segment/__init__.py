@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._auth import VolcengineAuth
 from ._client import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT, Backoff, ClientStats, SegmentClient
 from ._credentials import Credentials
 from ._errors import (
@@ -92,6 +93,7 @@ __all__ = [
     "VeImageXConfig",
     "Vendor",
     "VodConfig",
+    "VolcengineAuth",
     "WaitTimeoutError",
     "WatchEvent",
     "__version__",
