@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import runpy
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +38,7 @@ from _signing_support import (
 )
 from hypothesis import given, settings
 
+import rtc_segment.testing
 from rtc_segment import Credentials, CredentialsError, VolcengineAuth
 from rtc_segment._auth import UnsafeRedirectError
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
@@ -50,6 +53,7 @@ HOST = "rtc.volcengineapi.com"
 BASE_URL = f"https://{HOST}"
 SIGNATURE_HEADERS = ("authorization", "x-date", "x-content-sha256", "x-security-token")
 GET_TASK = {"Action": "GetSegmentTask", "Version": "2022-06-01"}
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "auth.md"
 
 
 def signed(auth: httpx.Auth, request: httpx.Request) -> httpx.Request:
@@ -648,3 +652,37 @@ def test_json_bodies_from_httpx_are_signed_as_sent() -> None:
     request = signed(auth, httpx.Request("POST", f"{BASE_URL}/", json=body))
     assert json.loads(request.content) == body
     assert verify(request, STS, now=NOW)
+
+
+# --- the docs page's example -------------------------------------------------------------------
+
+
+def test_the_docs_example_runs_and_its_requests_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = DOCS_PAGE.read_text(encoding="utf-8")
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    printed = re.search(r"\nprints\n\n```text\n(.*?)```", text, re.S)
+    assert printed is not None
+    # The emulator answers an action it does not serve before it looks at the signature, so
+    # every request the example sends is also put through the emulator's verifier here.
+    seen: list[httpx.Request] = []
+
+    class RecordingEmulator(Emulator):
+        def transport(self) -> Any:
+            inner = super().transport()
+
+            async def deliver(request: httpx.Request) -> httpx.Response:
+                seen.append(request)
+                return await inner.handle_async_request(request)
+
+            return httpx.MockTransport(deliver)
+
+    monkeypatch.setattr(rtc_segment.testing, "Emulator", RecordingEmulator)
+    script = tmp_path / "auth_example.py"
+    script.write_text(code, encoding="utf-8")
+    runpy.run_path(str(script), run_name="__main__")
+    assert capsys.readouterr().out == printed.group(1)
+    assert [request.method for request in seen] == ["GET", "POST"]
+    for request in seen:
+        assert verify(request, DEFAULT_CREDENTIALS, now=datetime.now(UTC))
