@@ -28,6 +28,8 @@ _RTC_HOSTS = {
 }
 #: What VolcengineAuth sets; none of it may follow a redirect to another origin.
 _SIGNATURE_HEADERS = ("Authorization", "X-Date", "X-Content-Sha256", "X-Security-Token")
+_SIGNATURE_NAMES = frozenset(name.lower() for name in _SIGNATURE_HEADERS)
+_SIGNED_LOWER = frozenset({"host", "content-type", "content-md5"})
 #: Request extension naming the origin a request was signed for. httpx copies a request's
 #: extensions into the requests it builds for redirects, which is how the guard knows them.
 _SIGNED_FOR = "rtc_segment.signed_for"
@@ -198,13 +200,15 @@ class VolcengineAuth(httpx.Auth):
                 "that host, or pass any_host=True"
             )
         headers = request.headers
-        _strip_signature(headers)  # a request sent again (e.g. a next_request) is re-signed
-        given = _header_dict(headers)
-        if request.method != "GET" and "Content-Type" not in given and "content-type" in headers:
+        given, names = _header_dict(headers)
+        if not names.isdisjoint(_SIGNATURE_NAMES):
+            # A request sent again (e.g. a next_request) is signed afresh.
+            _strip_signature(headers)
+        if request.method != "GET" and "Content-Type" not in given and "content-type" in names:
             # Spelled otherwise, the SDK would add a second Content-Type (its rule is
             # case-sensitive); one header with the SDK's spelling is what it would sign.
             headers["Content-Type"] = headers["content-type"]
-            given = _header_dict(headers)
+            given, names = _header_dict(headers)
         pairs = url.params.multi_items()
         signed = self._signer.sign_headers(
             method=request.method,
@@ -254,19 +258,19 @@ def _pin_allows(pin: tuple[str, int | None], url: httpx.URL) -> bool:
     return (url.port or _DEFAULT_PORTS.get(url.scheme)) == port
 
 
-def _header_dict(headers: httpx.Headers) -> dict[str, str]:
-    # The headers as the SDK would hold them: names as spelled, one value each.
-    out: dict[str, str] = {}
-    seen: set[str] = set()
+def _header_dict(headers: httpx.Headers) -> tuple[dict[str, str], set[str]]:
+    # The headers as the SDK would hold them (names as spelled, one value each) without the
+    # ones the Auth sets, and every name present, lower-cased.
+    given: dict[str, str] = {}
+    names: set[str] = set()
     for raw_name, raw_value in headers.raw:
         name = raw_name.decode("ascii")
         lower = name.lower()
-        if lower in seen and (
-            lower in ("host", "content-type", "content-md5") or lower.startswith("x-")
-        ):
+        if lower in names and (lower in _SIGNED_LOWER or lower.startswith("x-")):
             raise ValueError(
                 f"header {name!r} appears more than once; a signed header must appear once"
             )
-        seen.add(lower)
-        out[name] = raw_value.decode(headers.encoding)
-    return out
+        names.add(lower)
+        if lower not in _SIGNATURE_NAMES:
+            given[name] = raw_value.decode(headers.encoding)
+    return given, names
