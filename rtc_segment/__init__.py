@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._auth import VolcengineAuth
 from ._caller import Backoff, ClientStats
 from ._client import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT, SegmentClient
 from ._credentials import Credentials
@@ -104,6 +105,7 @@ __all__ = [
     "VeImageXConfig",
     "Vendor",
     "VodConfig",
+    "VolcengineAuth",
     "WaitTimeoutError",
     "WatchEvent",
     "__version__",

@@ -26,6 +26,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from ._credentials import REDACTED
 from ._models import (
     Control,
     CustomConfig,
@@ -424,9 +425,6 @@ def unstructure(obj: object) -> dict[str, Any]:
     return fn(obj)
 
 
-_REDACTED = "***"
-
-
 def _snake(value: Any) -> Any:
     """Recursive snake_case form of a model value, for display."""
     if isinstance(value, enum.Enum):
@@ -441,7 +439,7 @@ def _snake(value: Any) -> Any:
         # Display output: the keys are secrets and must never be printed.
         for key in ("access_key", "secret_key"):
             if result[key] is not None:
-                result[key] = _REDACTED
+                result[key] = REDACTED
     return result
 
 

@@ -25,7 +25,8 @@ ENV_ACCESS_KEY = "VOLC_ACCESSKEY"
 ENV_SECRET_KEY = "VOLC_SECRETKEY"
 ENV_SESSION_TOKEN = "VOLC_SESSION_TOKEN"
 
-_REDACTED = "***"
+#: What a secret is shown as wherever it would be printed (repr, display output, messages).
+REDACTED = "***"
 
 
 def default_credentials_path() -> Path:
@@ -88,10 +89,10 @@ class Credentials:
     )
 
     def __repr__(self) -> str:
-        token = None if self.session_token is None else _REDACTED
+        token = None if self.session_token is None else REDACTED
         return (
             f"Credentials(access_key_id={self.access_key_id!r}, "
-            f"secret_access_key={_REDACTED!r}, session_token={token!r})"
+            f"secret_access_key={REDACTED!r}, session_token={token!r})"
         )
 
     __str__ = __repr__

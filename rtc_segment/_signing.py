@@ -1,15 +1,24 @@
-"""The Volcengine "V4" request signature (HMAC-SHA256), written to match the official SDK.
+"""The Volcengine "V4" request signature (HMAC-SHA256), byte-equal to the official SDK.
 
-Pure functions, no I/O, the clock is always passed in. Every rule — including the quirks
-(case-sensitive choice of signed headers, values used verbatim, ``:80``/``:443`` stripped from
-the signed host, repeated query keys kept in caller order) — follows ``SignerV4.sign`` of the
-``volcengine`` Python SDK 1.0.229 byte for byte; ``tests/test_signing.py`` checks the shared
-vectors and compares against the SDK itself.
+One implementation with three users: :class:`Signer` (what ``SegmentClient`` signs with),
+``VolcengineAuth`` (``_auth.py``: an ``httpx.Auth`` for the user's own httpx client, built on
+:meth:`Signer.sign_headers`) and the emulator's verifier (``testing/_auth.py``). All of them
+build the canonical request with :func:`canonical_request` (or its cached form), the string to
+sign with :func:`string_to_sign`, and the key with :func:`signing_key`.
 
-:func:`sign` is the general form (any headers, as the SDK would have them). :class:`Signer` is
-the client's fast path: fixed credentials, region and service, signing key cached per day,
-constant strings built once. The server-side helpers (:func:`parse_authorization`,
-:func:`canonical_request_for`) let the emulator verify what it receives.
+Every rule, including the quirks, follows ``SignerV4.sign`` of the ``volcengine`` Python SDK
+1.0.229 byte for byte (``tests/test_signing.py`` checks vectors made with that SDK and compares
+against the SDK itself):
+
+- a header is signed iff its name is exactly ``Content-Type``, ``Content-Md5`` or ``Host`` or
+  starts with ``X-`` (case-sensitive), and its value is signed verbatim;
+- ``:80`` and ``:443`` are dropped from the signed ``Host`` value, whatever the scheme;
+- the query is sorted by raw key (stable, so a repeated key keeps the caller's order) and
+  percent-encoded with only ``A-Z a-z 0-9 - _ . ~`` left literal;
+- a non-GET request without ``Content-Type`` gets
+  ``application/x-www-form-urlencoded; charset=utf-8``.
+
+Pure functions and a signer object, no I/O; the clock is always passed in.
 """
 
 from __future__ import annotations
@@ -26,21 +35,22 @@ from typing import TypeAlias
 
 import attrs
 
-from ._credentials import Credentials
+from ._credentials import REDACTED, Credentials
 
 __all__ = [
     "ALGORITHM",
     "DEFAULT_CONTENT_TYPE",
     "EMPTY_BODY_SHA256",
-    "ParsedAuthorization",
     "SignedRequest",
     "Signer",
+    "canonical_path",
     "canonical_query",
-    "canonical_request_for",
+    "canonical_request",
+    "check_scope",
+    "credential_scope",
     "format_x_date",
-    "parse_authorization",
+    "parse_x_date",
     "quote",
-    "sign",
     "signature",
     "signing_key",
     "string_to_sign",
@@ -57,10 +67,12 @@ X_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 #: A query: a mapping (a list/tuple value is a repeated key) or ``(key, value)`` pairs.
 Query: TypeAlias = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
 
-# Header dict keys the SDK signs besides every key starting with "X-" (exact spelling).
+# Header names the SDK signs besides every name starting with "X-" (exact spelling).
 _SIGNED_NAMES = frozenset({"Content-Type", "Content-Md5", "Host"})
-_REDACTED = "***"
 _first = itemgetter(0)
+
+
+# --- the pieces every signer and the verifier share --------------------------------------------
 
 
 @lru_cache(maxsize=4096)
@@ -73,33 +85,43 @@ def quote(value: str) -> str:
     return urllib.parse.quote(value, safe="-_.~")
 
 
-def _quote_path(path: str) -> str:
-    # Util.norm_uri: default safe set ("/" kept); the replaces are no-ops kept for fidelity.
+@lru_cache(maxsize=256)
+def canonical_path(path: str) -> str:
+    """The request path as the SDK encodes it: in the canonical request and on the wire.
+
+    ``urllib.parse.quote`` with ``/`` kept ("" means "/"). Cached: a client uses few paths.
+    """
+    if path in ("/", ""):
+        return "/"
+    # Util.norm_uri; its replaces are no-ops after quote(), kept for fidelity.
     return urllib.parse.quote(path).replace("%2F", "/").replace("+", "%20")
 
 
-def _query_pairs(query: Query) -> list[tuple[str, str]]:
-    if not isinstance(query, Mapping):
-        return list(query)
-    pairs: list[tuple[str, str]] = []
-    for key, value in query.items():
-        if isinstance(value, str):
-            pairs.append((key, value))
-        else:
-            pairs.extend([(key, item) for item in value])
-    return pairs
-
-
 def canonical_query(query: Query) -> str:
-    """The canonical query string (also the exact query the client sends).
+    """The canonical query string (also the exact query the signers send).
 
     Sorted by the raw (unescaped) key in code-point order; the sort is stable, so values of a
     repeated key keep the caller's order. Keys and values go through :func:`quote`; pairs are
     ``key=value`` (``key=`` for an empty value) joined by ``&``.
     """
-    pairs = _query_pairs(query)
-    pairs.sort(key=_first)
-    return "&".join([f"{quote(key)}={quote(value)}" for key, value in pairs])
+    if not isinstance(query, Mapping):
+        return "&".join([_query_pair(key, value) for key, value in sorted(query, key=_first)])
+    # A mapping's keys are unique: sorting them and expanding each list in place is the
+    # same stable order, without building and sorting the pairs.
+    parts: list[str] = []
+    for key in sorted(query):
+        value = query[key]
+        if isinstance(value, str):
+            parts.append(_query_pair(key, value))
+        else:
+            parts.extend([_query_pair(key, item) for item in value])
+    return "&".join(parts)
+
+
+@lru_cache(maxsize=4096)
+def _query_pair(key: str, value: str) -> str:
+    # Cached as a pair: one lookup instead of two (the same ids come back on every poll).
+    return f"{quote(key)}={quote(value)}"
 
 
 def format_x_date(now: datetime) -> str:
@@ -128,8 +150,14 @@ def format_x_date(now: datetime) -> str:
     )
 
 
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.digest(key, message.encode(), "sha256")
+def parse_x_date(value: str) -> datetime | None:
+    """The instant an ``X-Date`` value names (aware, UTC), or ``None`` if it is malformed."""
+    if len(value) != 16:
+        return None
+    try:
+        return datetime.strptime(value, X_DATE_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 @lru_cache(maxsize=64)
@@ -139,32 +167,31 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     ``kDate = HMAC(secret, date)`` — the raw secret, no prefix — then region, service and the
     literal ``"request"``.
     """
-    key = _hmac(secret.encode(), date)
-    for part in (region, service, "request"):
-        key = _hmac(key, part)
+    key = secret.encode()
+    for part in (date, region, service, "request"):
+        key = hmac.digest(key, part.encode(), "sha256")
     return key
 
 
-def string_to_sign(x_date: str, credential_scope: str, canonical_request: str) -> str:
-    """``HMAC-SHA256\\n<X-Date>\\n<scope>\\n<hex sha256 of the canonical request>``."""
-    digest = hashlib.sha256(canonical_request.encode()).hexdigest()
-    return f"{ALGORITHM}\n{x_date}\n{credential_scope}\n{digest}"
-
-
-def signature(key: bytes, string_to_sign: str) -> str:
-    """Lower-case hex ``HMAC-SHA256(key, string_to_sign)``."""
-    return _hmac(key, string_to_sign).hex()
-
-
-def _credential_scope(date: str, region: str, service: str) -> str:
+def credential_scope(date: str, region: str, service: str) -> str:
+    """``date/region/service/request``: the scope in ``Credential=`` and the string to sign."""
     return f"{date}/{region}/{service}/request"
 
 
-def _authorization(access_key_id: str, scope: str, signed_headers: str, signature: str) -> str:
-    return (
-        f"{ALGORITHM} Credential={access_key_id}/{scope}, "
-        f"SignedHeaders={signed_headers}, Signature={signature}"
-    )
+_REGION_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_SERVICE_PATTERN = re.compile(r"[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)*")
+
+
+def check_scope(region: object, service: object) -> None:
+    """Check the signing region and service before they go into a header.
+
+    Raises:
+        ValueError: Either is not a plain name (the message names the argument).
+    """
+    if not isinstance(region, str) or not _REGION_PATTERN.fullmatch(region):
+        raise ValueError(f"region must be a region name such as 'cn-north-1', got {region!r}")
+    if not isinstance(service, str) or not _SERVICE_PATTERN.fullmatch(service):
+        raise ValueError(f"service must be a service name such as 'rtc', got {service!r}")
 
 
 def _host_for_signing(value: str) -> str:
@@ -177,9 +204,97 @@ def _host_for_signing(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=256)
+def _header_template(names: tuple[str, ...]) -> str:
+    # The canonical request's header part for these signed names (lower case, in
+    # SignedHeaders order): "name:%s\n" per header, a blank line, then SignedHeaders.
+    # Cached: a signer sends the same few name sets, a verifier sees the same few.
+    escaped = [name.replace("%", "%%") for name in names]  # "%" is a legal name character
+    lines = "".join([f"{name}:%s\n" for name in escaped])
+    return f"{lines}\n{';'.join(escaped)}"
+
+
+def _canonical(
+    method: str, path: str, query_string: str, template: str, values: tuple[str, ...],
+    content_sha256: str,
+) -> str:  # fmt: skip
+    # ``template`` comes from _header_template; ``values`` have the host rule applied.
+    path = "/" if path == "/" else canonical_path(path)
+    return f"{method}\n{path}\n{query_string}\n{template % values}\n{content_sha256}"
+
+
+def canonical_request(
+    method: str,
+    path: str,
+    query_string: str,
+    headers: Sequence[tuple[str, str]],
+    content_sha256: str,
+) -> str:
+    """The canonical request: the text whose SHA-256 goes into the string to sign.
+
+    Args:
+        method: The HTTP method, as sent.
+        path: The decoded request path ("" means "/"); encoded here as the SDK does.
+        query_string: The canonical query (see :func:`canonical_query`).
+        headers: The signed headers as ``(lower-case name, value)`` in ``SignedHeaders``
+            order (a signer sorts them by name); a ``host`` value loses ``:80``/``:443``.
+        content_sha256: The hex SHA-256 of the body.
+    """
+    names = tuple([name for name, _ in headers])
+    values = tuple(
+        [_host_for_signing(value) if name == "host" else value for name, value in headers]
+    )
+    return _canonical(method, path, query_string, _header_template(names), values, content_sha256)
+
+
+def string_to_sign(x_date: str, scope: str, canonical: str) -> str:
+    """``HMAC-SHA256\\n<X-Date>\\n<scope>\\n<hex sha256 of the canonical request>``."""
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return f"{ALGORITHM}\n{x_date}\n{scope}\n{digest}"
+
+
+_Pads: TypeAlias = "tuple[hashlib._Hash, hashlib._Hash]"
+
+
+@lru_cache(maxsize=64)
+def _hmac_pads(key: bytes) -> _Pads:
+    # HMAC with the inner and outer pads hashed once per key: a derived key signs every
+    # request of a day, and starting from copies saves two of the four SHA-256 blocks.
+    if len(key) > 64:  # longer than SHA-256's block: HMAC hashes the key first
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
+
+
+def _hmac_hex(pads: _Pads, message: str) -> str:
+    inner = pads[0].copy()
+    inner.update(message.encode())
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+def signature(key: bytes, to_sign: str) -> str:
+    """Lower-case hex ``HMAC-SHA256(key, to_sign)``."""
+    return _hmac_hex(_hmac_pads(key), to_sign)
+
+
+def _body_sha256(body: bytes | str) -> str:
+    if not body:
+        return EMPTY_BODY_SHA256
+    data = body.encode() if isinstance(body, str) else body
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- the client side ---------------------------------------------------------------------------
+
+
 def _redact_headers(headers: Mapping[str, str]) -> str:
     shown = {
-        name: (_REDACTED if name.lower() == "x-security-token" else value)
+        name: (REDACTED if name.lower() == "x-security-token" else value)
         for name, value in headers.items()
     }
     return repr(shown)
@@ -192,7 +307,7 @@ class SignedRequest:
     ``repr`` never shows the session token (in ``headers`` and ``canonical_request``).
     """
 
-    #: The canonical query string; the client puts it verbatim after ``?``.
+    #: The canonical query string; send it verbatim after ``?``.
     query_string: str
     #: Every header to send: the given ones plus X-Date, X-Security-Token (with a token),
     #: X-Content-Sha256, Content-Type (non-GET default) and Authorization.
@@ -206,138 +321,69 @@ class SignedRequest:
     authorization: str
 
 
-def _body_sha256(body: bytes | str) -> str:
-    if not body:
-        return EMPTY_BODY_SHA256
-    data = body.encode() if isinstance(body, str) else body
-    return hashlib.sha256(data).hexdigest()
+@attrs.frozen
+class _Plan:
+    """How to sign one set of header names (cached per set: a client reuses a few)."""
+
+    #: Picks the signed headers' values, sorted by lower-case name, from the header dict.
+    values: Callable[[Mapping[str, str]], tuple[str, ...]]
+    #: Where ``host`` is among them (-1: not signed).
+    host_at: int
+    #: ``SignedHeaders``.
+    signed_headers: str
+    #: See _header_template.
+    template: str
 
 
-def sign(
-    *,
-    method: str,
-    path: str,
-    query: Query,
-    headers: Mapping[str, str],
-    body: bytes | str,
-    credentials: Credentials,
-    region: str,
-    service: str,
-    now: datetime,
-) -> SignedRequest:
-    """Sign a request exactly as ``volcengine.auth.SignerV4.sign`` does.
-
-    Args:
-        method: The HTTP method, used as given (upper case expected).
-        path: The request path ("" means "/").
-        query: The query parameters (see :func:`canonical_query`).
-        headers: The headers as the SDK would hold them before signing — the caller includes
-            ``Host`` (the SDK's service layer does). A header is signed iff its key is exactly
-            ``Content-Type``, ``Content-Md5`` or ``Host`` or starts with ``X-``; values are
-            signed verbatim.
-        body: The body; ``str`` is hashed as UTF-8.
-        credentials: The key pair (and session token, sent as ``X-Security-Token``).
-        region: The signing region, e.g. ``cn-north-1``.
-        service: The signing service, e.g. ``rtc``.
-        now: The signing time (aware datetime).
-    """
-    x_date = format_x_date(now)
-    out = dict(headers)
-    # Same insertion order as the SDK, so that colliding lower-cased names resolve alike.
-    if method != "GET" and "Content-Type" not in out:
-        out["Content-Type"] = DEFAULT_CONTENT_TYPE
-    out["X-Date"] = x_date
-    if credentials.session_token:
-        out["X-Security-Token"] = credentials.session_token
-    content_sha256 = _body_sha256(body)
-    out["X-Content-Sha256"] = content_sha256
-
-    signed: dict[str, str] = {}
-    for name, value in out.items():
+@lru_cache(maxsize=256)
+def _plan(header_names: tuple[str, ...]) -> _Plan:
+    chosen: dict[str, str] = {}
+    for name in header_names:
         if name in _SIGNED_NAMES or name.startswith("X-"):
-            signed[name.lower()] = value
-    if "host" in signed:
-        signed["host"] = _host_for_signing(signed["host"])
-    names = sorted(signed)
-    signed_headers = ";".join(names)
-    header_block = "".join([f"{name}:{signed[name]}\n" for name in names])
-    query_string = canonical_query(query)
-    canonical_request = "\n".join(
-        [
-            method,
-            _quote_path(path or "/"),
-            query_string,
-            header_block,
-            signed_headers,
-            content_sha256,
-        ]
-    )
-    date = x_date[:8]
-    scope = _credential_scope(date, region, service)
-    to_sign = string_to_sign(x_date, scope, canonical_request)
-    sig = signature(signing_key(credentials.secret_access_key, date, region, service), to_sign)
-    authorization = _authorization(credentials.access_key_id, scope, signed_headers, sig)
-    out["Authorization"] = authorization
-    return SignedRequest(
-        query_string=query_string,
-        headers=out,
-        x_date=x_date,
-        content_sha256=content_sha256,
-        signed_headers=signed_headers,
-        canonical_request=canonical_request,
-        string_to_sign=to_sign,
-        signature=sig,
-        authorization=authorization,
+            # Two names that lower-case alike: the later wins, as in the SDK's dict.
+            chosen[name.lower()] = name
+    names = tuple(sorted(chosen))
+    return _Plan(
+        # A tuple: _sign always signs X-Date and X-Content-Sha256, and itemgetter of two or
+        # more names returns one.
+        values=itemgetter(*[chosen[name] for name in names]),
+        host_at=names.index("host") if "host" in chosen else -1,
+        signed_headers=";".join(names),
+        template=_header_template(names),
     )
 
 
-class _DayKey:
-    """The signing key of one day, as precomputed HMAC pads (saves two hash setups per call)."""
+class _Day:
+    """What one UTC day of signing shares: the derived key's HMAC pads, the scope, and the
+    ``Authorization`` prefix."""
 
-    __slots__ = ("auth_prefix", "date", "inner", "outer", "scope_line")
+    __slots__ = ("auth_prefix", "date", "pads", "scope")
 
     def __init__(self, key: bytes, date: str, scope: str, auth_prefix: str) -> None:
-        block = key.ljust(64, b"\0")  # sha256 block size; the derived key is 32 bytes
-        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self.pads = _hmac_pads(key)
         self.date = date
-        self.scope_line = f"\n{scope}\n"
+        self.scope = scope
         self.auth_prefix = auth_prefix
-
-    def signature(self, message: str) -> str:
-        inner = self.inner.copy()
-        inner.update(message.encode())
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
 
 
 class Signer:
-    """The client's fast signer: fixed credentials, region and service.
+    """Signs requests with fixed credentials, region and service.
 
-    Always sends and signs ``Host``; for the same inputs it produces the same bytes as
-    :func:`sign` with ``headers={"Host": host}`` (plus ``Content-Type`` when given). The
-    signing key is derived once per UTC day and the
-    constant parts of the canonical request and of ``Authorization`` are built once.
+    The signing key is derived once per UTC day, and the signed-header layout once per set
+    of header names. :meth:`sign` is the client's shape (``Host`` and an optional
+    ``Content-Type``); :meth:`sign_headers` takes any header set, as the SDK would hold it.
     """
 
-    __slots__ = (
-        "_credentials",
-        "_day",
-        "_region",
-        "_service",
-        "_token_line",
-    )
+    __slots__ = ("_credentials", "_day", "_region", "_service")
 
     def __init__(self, credentials: Credentials, *, region: str, service: str = "rtc") -> None:
         if not isinstance(credentials, Credentials):
             raise TypeError(f"credentials must be Credentials, not {type(credentials).__name__}")
+        check_scope(region, service)
         self._credentials = credentials
         self._region = region
         self._service = service
-        token = credentials.session_token
-        self._token_line = f"x-security-token:{token}\n" if token else ""
-        self._day: _DayKey | None = None
+        self._day: _Day | None = None
 
     def __repr__(self) -> str:
         return f"Signer({self._credentials!r}, region={self._region!r}, service={self._service!r})"
@@ -347,15 +393,15 @@ class Signer:
         """The credentials this signer signs with."""
         return self._credentials
 
-    def _day_key(self, date: str) -> _DayKey:
+    def _day_for(self, date: str) -> _Day:
         day = self._day
         if day is None or day.date != date:
-            scope = _credential_scope(date, self._region, self._service)
+            scope = credential_scope(date, self._region, self._service)
             key = signing_key(
                 self._credentials.secret_access_key, date, self._region, self._service
             )
             prefix = f"{ALGORITHM} Credential={self._credentials.access_key_id}/{scope}, "
-            day = self._day = _DayKey(key, date, scope, prefix)
+            day = self._day = _Day(key, date, scope, prefix)
         return day
 
     def sign(
@@ -369,7 +415,7 @@ class Signer:
         content_type: str | None = None,
         now: datetime,
     ) -> SignedRequest:
-        """Sign one request to ``host``; see :func:`sign` for the rules.
+        """Sign one request to ``host`` (sent and signed as ``Host``).
 
         Args:
             method: The HTTP method (upper case).
@@ -380,160 +426,74 @@ class Signer:
             content_type: The body's type; a non-GET request without one gets the SDK default.
             now: The signing time (aware datetime).
         """
-        x_date = format_x_date(now)
-        day = self._day_key(x_date[:8])
-        content_sha256 = _body_sha256(body) if body else EMPTY_BODY_SHA256
         headers = {"Host": host}
-        if content_type is None and method != "GET":
-            content_type = DEFAULT_CONTENT_TYPE
         if content_type is not None:
             headers["Content-Type"] = content_type
-            ct_line = f"content-type:{content_type}\n"
-            names = "content-type;host;x-content-sha256;x-date"
-        else:
-            ct_line = ""
-            names = "host;x-content-sha256;x-date"
-        headers["X-Date"] = x_date
-        token_line = self._token_line
-        if token_line:
-            headers["X-Security-Token"] = self._credentials.session_token  # type: ignore[assignment]
-            names += ";x-security-token"
-        headers["X-Content-Sha256"] = content_sha256
+        return self._sign(method, path, query, headers, body, now)
+
+    def sign_headers(
+        self,
+        *,
+        method: str,
+        path: str = "/",
+        query: Query,
+        headers: Mapping[str, str],
+        body: bytes | str = b"",
+        now: datetime,
+    ) -> SignedRequest:
+        """Sign a request exactly as ``volcengine.auth.SignerV4.sign`` does.
+
+        Args:
+            method: The HTTP method, used as given (upper case expected).
+            path: The request path ("" means "/").
+            query: The query parameters (see :func:`canonical_query`).
+            headers: The headers as the SDK would hold them before signing, ``Host``
+                included. Which are signed follows the module's rule (exact spelling).
+            body: The body; ``str`` is hashed as UTF-8.
+            now: The signing time (aware datetime).
+        """
+        return self._sign(method, path, query, dict(headers), body, now)
+
+    def _sign(
+        self,
+        method: str,
+        path: str,
+        query: Query,
+        out: dict[str, str],
+        body: bytes | str,
+        now: datetime,
+    ) -> SignedRequest:
+        # ``out`` is ours to fill: the headers to send, in the SDK's insertion order (so
+        # that names colliding when lower-cased resolve alike).
+        x_date = format_x_date(now)
+        day = self._day_for(x_date[:8])
+        content_sha256 = _body_sha256(body)
+        if method != "GET" and "Content-Type" not in out:
+            out["Content-Type"] = DEFAULT_CONTENT_TYPE
+        out["X-Date"] = x_date
+        token = self._credentials.session_token
+        if token:
+            out["X-Security-Token"] = token
+        out["X-Content-Sha256"] = content_sha256
+        plan = _plan(tuple(out))
+        values = plan.values(out)
+        at = plan.host_at
+        if at >= 0 and ":" in values[at]:
+            values = (*values[:at], _host_for_signing(values[at]), *values[at + 1 :])
         query_string = canonical_query(query)
-        canonical_request = (
-            f"{method}\n{_quote_path(path or '/') if path != '/' else '/'}\n{query_string}\n"
-            f"{ct_line}host:{_host_for_signing(host)}\nx-content-sha256:{content_sha256}\n"
-            f"x-date:{x_date}\n{token_line}\n{names}\n{content_sha256}"
-        )
-        to_sign = (
-            f"{ALGORITHM}\n{x_date}{day.scope_line}"
-            f"{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-        )
-        sig = day.signature(to_sign)
-        authorization = f"{day.auth_prefix}SignedHeaders={names}, Signature={sig}"
-        headers["Authorization"] = authorization
+        canonical = _canonical(method, path, query_string, plan.template, values, content_sha256)
+        to_sign = string_to_sign(x_date, day.scope, canonical)
+        sig = _hmac_hex(day.pads, to_sign)
+        authorization = f"{day.auth_prefix}SignedHeaders={plan.signed_headers}, Signature={sig}"
+        out["Authorization"] = authorization
         return SignedRequest(
             query_string=query_string,
-            headers=headers,
+            headers=out,
             x_date=x_date,
             content_sha256=content_sha256,
-            signed_headers=names,
-            canonical_request=canonical_request,
+            signed_headers=plan.signed_headers,
+            canonical_request=canonical,
             string_to_sign=to_sign,
             signature=sig,
             authorization=authorization,
         )
-
-
-@attrs.frozen
-class ParsedAuthorization:
-    """The parts of an ``Authorization: HMAC-SHA256 Credential=…`` header."""
-
-    access_key_id: str
-    #: ``YYYYMMDD`` from the credential scope.
-    date: str
-    region: str
-    service: str
-    #: The scope's last element; ``"request"`` for a valid V4 signature.
-    terminator: str
-    signed_headers: tuple[str, ...]
-    signature: str
-
-    @property
-    def credential_scope(self) -> str:
-        """``date/region/service/terminator``, as it goes into the string to sign."""
-        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
-
-
-_DATE_RE = re.compile(r"[0-9]{8}")
-_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def parse_authorization(value: str) -> ParsedAuthorization:
-    """Parse an ``Authorization`` header value.
-
-    Raises:
-        ValueError: The value is malformed; the message says which part.
-    """
-    algorithm, _, rest = value.partition(" ")
-    if algorithm != ALGORITHM:
-        raise ValueError(f"Authorization: algorithm must be {ALGORITHM!r}")
-    fields: dict[str, str] = {}
-    for component in rest.split(","):
-        name, sep, field_value = component.strip().partition("=")
-        if not sep:
-            raise ValueError("Authorization: each component must be Name=value")
-        if name in fields:
-            raise ValueError(f"Authorization: {name} appears more than once")
-        fields[name] = field_value
-    for required in ("Credential", "SignedHeaders", "Signature"):
-        if required not in fields:
-            raise ValueError(f"Authorization: {required} is missing")
-    unknown = sorted(set(fields) - {"Credential", "SignedHeaders", "Signature"})
-    if unknown:
-        raise ValueError(f"Authorization: unexpected component {unknown[0]!r}")
-
-    scope = fields["Credential"].split("/")
-    if len(scope) != 5 or not all(scope):
-        raise ValueError(
-            "Authorization: Credential must be AccessKeyId/YYYYMMDD/region/service/request"
-        )
-    access_key_id, date, region, service, terminator = scope
-    if not _DATE_RE.fullmatch(date):
-        raise ValueError("Authorization: Credential date must be YYYYMMDD")
-    signed_headers = tuple(fields["SignedHeaders"].split(";"))
-    if not all(signed_headers):
-        raise ValueError("Authorization: SignedHeaders must be non-empty names separated by ';'")
-    if not _SIGNATURE_RE.fullmatch(fields["Signature"]):
-        raise ValueError("Authorization: Signature must be 64 lower-case hex digits")
-    return ParsedAuthorization(
-        access_key_id=access_key_id,
-        date=date,
-        region=region,
-        service=service,
-        terminator=terminator,
-        signed_headers=signed_headers,
-        signature=fields["Signature"],
-    )
-
-
-def canonical_request_for(
-    *,
-    method: str,
-    path: str,
-    query_pairs: Iterable[tuple[str, str]],
-    signed_headers: Sequence[str],
-    header_lookup: Callable[[str], str | None],
-    content_sha256: str,
-) -> str:
-    """The canonical request a server recomputes from what it received.
-
-    Args:
-        method: The request method.
-        path: The decoded request path.
-        query_pairs: The decoded query parameters in the order received.
-        signed_headers: The names from ``SignedHeaders``, in the declared order.
-        header_lookup: Returns a received header's value by name (``None`` if absent).
-        content_sha256: The body hash to use (normally the received ``X-Content-Sha256``).
-
-    Raises:
-        ValueError: A signed header is absent from the request.
-    """
-    lines = []
-    for name in signed_headers:
-        value = header_lookup(name)
-        if value is None:
-            raise ValueError(f"signed header {name!r} is missing from the request")
-        if name == "host":
-            value = _host_for_signing(value)
-        lines.append(f"{name}:{value}\n")
-    return "\n".join(
-        [
-            method,
-            _quote_path(path or "/"),
-            canonical_query(query_pairs),
-            "".join(lines),
-            ";".join(signed_headers),
-            content_sha256,
-        ]
-    )

@@ -1,37 +1,60 @@
-"""Tests for rtc_segment._signing: shared vectors, the official SDK as oracle, server helpers."""
+"""Tests for rtc_segment._signing: vendored vectors, the official SDK as oracle, server helpers."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Mapping, Sequence
+import importlib.util
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+from _signing_support import (
+    DATA,
+    VECTORS,
+    VECTORS_PATH,
+    access_keys,
+    bodies,
+    check_against_vector,
+    content_types,
+    datetimes,
+    hosts,
+    methods,
+    queries,
+    regions,
+    sdk_sign,
+    secrets,
+    tokens,
+    vector_credentials,
+    vector_now,
+    vector_params,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtc_segment._credentials import Credentials
 from rtc_segment._signing import (
     EMPTY_BODY_SHA256,
-    ParsedAuthorization,
+    SignedRequest,
     Signer,
+    canonical_path,
     canonical_query,
-    canonical_request_for,
+    check_scope,
     format_x_date,
-    parse_authorization,
+    parse_x_date,
     quote,
-    sign,
     signature,
     signing_key,
     string_to_sign,
 )
+from rtc_segment.testing._auth import (
+    ParsedAuthorization,
+    canonical_request_for,
+    parse_authorization,
+)
 
-VECTORS_PATH = Path(__file__).parents[2] / "shared" / "signing-vectors.json"
 UTC = timezone.utc
 NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=UTC)
 AK = "AKLTtestAccessKeyId"
@@ -47,7 +70,7 @@ QUERY = {
 
 
 def _signer_can_send(vector: dict[str, Any]) -> bool:
-    """Signer sends only Host (always) and Content-Type; other header sets are sign()'s job."""
+    """Signer.sign sends only Host (always) and Content-Type; other sets are sign_headers'."""
     given_ = vector["input"]
     headers = set(given_["headers"])
     return (
@@ -57,31 +80,17 @@ def _signer_can_send(vector: dict[str, Any]) -> bool:
     )
 
 
-def _load_vectors(*, for_signer: bool = False) -> list[Any]:
-    if not VECTORS_PATH.is_file():
-        # One failing case rather than an empty (silently passing) parametrisation.
-        return [pytest.param(None, id="signing-vectors-missing")]
-    vectors = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["vectors"]
-    if for_signer:
-        vectors = [vector for vector in vectors if _signer_can_send(vector)]
-    return [pytest.param(vector, id=vector["name"]) for vector in vectors]
-
-
-def _vector_now(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _require(vector: dict[str, Any] | None) -> dict[str, Any]:
-    if vector is None:
-        pytest.fail(
-            f"signing vectors not found at {VECTORS_PATH}; the repository expects shared/ "
-            "(with signing-vectors.json) beside its checkout"
-        )
-    return vector
+def _load_generator() -> ModuleType:
+    path = DATA / "make_signing_vectors.py"
+    spec = importlib.util.spec_from_file_location("make_signing_vectors", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _check_against_vector(
-    signed: Any, expected: dict[str, Any], given_headers: Mapping[str, str]
+    signed: SignedRequest, expected: dict[str, Any], given_headers: dict[str, str]
 ) -> None:
     assert signed.canonical_request == expected["canonical_request"]
     assert signed.string_to_sign == expected["string_to_sign"]
@@ -90,30 +99,32 @@ def _check_against_vector(
     assert signed.x_date == expected["x_date"]
     assert signed.content_sha256 == expected["x_content_sha256"]
     assert signed.signed_headers == expected["signed_headers"]
-    assert signed.headers["Authorization"] == expected["authorization"]
-    assert signed.headers["X-Date"] == expected["x_date"]
-    assert signed.headers["X-Content-Sha256"] == expected["x_content_sha256"]
-    assert signed.headers.get("X-Security-Token") == expected["x_security_token"]
-    added = None if "Content-Type" in given_headers else signed.headers.get("Content-Type")
-    assert added == expected["content_type_added"]
+    check_against_vector(signed.headers, expected, given_headers)
 
 
-@pytest.mark.parametrize("vector", _load_vectors())
-def test_sign_matches_vector(vector: dict[str, Any] | None) -> None:
-    vector = _require(vector)
+def test_every_vector_is_covered() -> None:
+    # 14 vectors, every one through sign_headers and the fast path where it can send them.
+    assert len(VECTORS) == 14
+    assert len([vector for vector in VECTORS if _signer_can_send(vector)]) == 12
+
+
+def test_vendored_vectors_regenerate_from_the_official_sdk() -> None:
+    pytest.importorskip("volcengine", reason="the official SDK is a test dependency")
+    generator = _load_generator()
+    assert generator.render(generator.build()) == VECTORS_PATH.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("vector", vector_params(VECTORS))
+def test_sign_headers_matches_vector(vector: dict[str, Any]) -> None:
     given_ = vector["input"]
-    signed = sign(
+    signer = Signer(vector_credentials(given_), region=given_["region"], service=given_["service"])
+    signed = signer.sign_headers(
         method=given_["method"],
         path=given_["path"],
         query=given_["query"],
         headers=given_["headers"],
         body=given_["body"],
-        credentials=Credentials(
-            given_["access_key_id"], given_["secret_access_key"], given_["session_token"]
-        ),
-        region=given_["region"],
-        service=given_["service"],
-        now=_vector_now(given_["datetime"]),
+        now=vector_now(given_),
     )
     _check_against_vector(signed, vector["output"], given_["headers"])
     # Every given header is sent unchanged, signed or not.
@@ -121,16 +132,11 @@ def test_sign_matches_vector(vector: dict[str, Any] | None) -> None:
         assert signed.headers[name] == value
 
 
-@pytest.mark.parametrize("vector", _load_vectors(for_signer=True))
-def test_signer_matches_vector(vector: dict[str, Any] | None) -> None:
-    vector = _require(vector)
+@pytest.mark.parametrize("vector", vector_params([v for v in VECTORS if _signer_can_send(v)]))
+def test_signer_matches_vector(vector: dict[str, Any]) -> None:
     given_ = vector["input"]
     headers = given_["headers"]
-    signer = Signer(
-        Credentials(given_["access_key_id"], given_["secret_access_key"], given_["session_token"]),
-        region=given_["region"],
-        service=given_["service"],
-    )
+    signer = Signer(vector_credentials(given_), region=given_["region"], service=given_["service"])
     signed = signer.sign(
         method=given_["method"],
         host=headers["Host"],
@@ -138,80 +144,26 @@ def test_signer_matches_vector(vector: dict[str, Any] | None) -> None:
         query=given_["query"],
         body=given_["body"].encode(),
         content_type=headers.get("Content-Type"),
-        now=_vector_now(given_["datetime"]),
+        now=vector_now(given_),
     )
     _check_against_vector(signed, vector["output"], headers)
 
 
 # --- the official SDK as the oracle ------------------------------------------------------------
 
-RESERVED = " &=+%~*/:@!'()?#[];,$\"<>\\^`{|}"
-text_with_reserved = st.text(
-    alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(RESERVED)), max_size=12
-)
-query_values = st.one_of(text_with_reserved, st.lists(text_with_reserved, max_size=3))
-queries = st.dictionaries(text_with_reserved, query_values, max_size=6)
-datetimes = st.datetimes(
-    min_value=datetime(2000, 1, 1),
-    max_value=datetime(2100, 1, 1),
-    timezones=st.sampled_from(
-        [UTC, timezone(timedelta(hours=8)), timezone(-timedelta(hours=5, minutes=30))]
-    ),
-)
-hosts = st.sampled_from(
-    ["rtc.volcengineapi.com", "rtc.volcengineapi.com:443", "example.com:80", "127.0.0.1:8080"]
-)
-# Credentials accept printable ASCII without whitespace (what real keys and tokens are).
-_KEY_CHARS = "".join(map(chr, range(0x21, 0x7F)))
-secrets = st.text(_KEY_CHARS, min_size=1, max_size=40)
-tokens = st.one_of(st.just(""), st.text(_KEY_CHARS, min_size=1, max_size=40))
-access_keys = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=24)
-
-
-def sdk_sign(
-    *,
-    method: str,
-    path: str,
-    query: Mapping[str, str | Sequence[str]],
-    headers: Mapping[str, str],
-    body: bytes | str,
-    ak: str,
-    sk: str,
-    token: str,
-    region: str,
-    service: str,
-    now: datetime,
-) -> dict[str, str]:
-    """Headers after ``volcengine``'s own SignerV4.sign, its clock pinned to ``now``."""
-    from volcengine.auth.SignerV4 import SignerV4
-    from volcengine.base.Request import Request
-    from volcengine.Credentials import Credentials as SdkCredentials
-
-    request = Request()
-    request.set_method(method)
-    request.set_path(path)
-    request.set_query({key: list(v) if not isinstance(v, str) else v for key, v in query.items()})
-    request.set_headers(dict(headers))
-    request.set_body(body)
-    x_date = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SignerV4, "get_current_format_date", staticmethod(lambda: x_date))
-        SignerV4.sign(request, SdkCredentials(ak, sk, service, region, token))
-    return dict(request.headers)
-
 
 @settings(max_examples=300, deadline=None)
 @given(
     query=queries,
-    method=st.sampled_from(["GET", "POST"]),
-    body=st.one_of(st.binary(max_size=64), st.text(max_size=64)),
-    content_type=st.sampled_from([None, "application/json"]),
+    method=methods,
+    body=bodies,
+    content_type=content_types,
     host=hosts,
     ak=access_keys,
     sk=secrets,
     token=tokens,
     now=datetimes,
-    region=st.sampled_from(["cn-north-1", "ap-southeast-1"]),
+    region=regions,
 )
 def test_same_headers_as_the_official_sdk(
     query: dict[str, str | list[str]],
@@ -242,23 +194,13 @@ def test_same_headers_as_the_official_sdk(
         service="rtc",
         now=now,
     )
-    credentials = Credentials(ak, sk, token)
-    ours = sign(
-        method=method,
-        path="/",
-        query=query,
-        headers=headers,
-        body=body,
-        credentials=credentials,
-        region=region,
-        service="rtc",
-        now=now,
-    )
-    assert ours.headers["Authorization"] == expected["Authorization"]
-    assert ours.headers["X-Content-Sha256"] == expected["X-Content-Sha256"]
-    assert ours.headers == expected
+    signer = Signer(Credentials(ak, sk, token), region=region)
+    general = signer.sign_headers(method=method, query=query, headers=headers, body=body, now=now)
+    assert general.headers["Authorization"] == expected["Authorization"]
+    assert general.headers["X-Content-Sha256"] == expected["X-Content-Sha256"]
+    assert general.headers == expected
 
-    fast = Signer(credentials, region=region).sign(
+    fast = signer.sign(
         method=method,
         host=host,
         query=query,
@@ -267,7 +209,7 @@ def test_same_headers_as_the_official_sdk(
         now=now,
     )
     assert fast.headers == expected
-    assert fast.query_string == ours.query_string
+    assert fast.query_string == general.query_string
 
 
 # --- the query on the wire ---------------------------------------------------------------------
@@ -317,6 +259,60 @@ def test_quote(raw: str, encoded: str) -> None:
     assert quote(raw) == encoded
 
 
+@pytest.mark.parametrize(
+    ("path", "encoded"),
+    [
+        ("", "/"),
+        ("/", "/"),
+        ("/a b/c", "/a%20b/c"),
+        ("/~x:y@z", "/~x%3Ay%40z"),
+        ("/房", "/%E6%88%BF"),
+    ],
+)
+def test_canonical_path(path: str, encoded: str) -> None:
+    assert canonical_path(path) == encoded
+
+
+def test_path_in_the_canonical_request_is_encoded() -> None:
+    signed = Signer(Credentials(AK, SK), region="cn-north-1").sign(
+        method="GET", host="h", path="/a b", query={}, now=NOW
+    )
+    assert signed.canonical_request.split("\n")[1] == "/a%20b"
+
+
+# --- which headers are signed ------------------------------------------------------------------
+
+
+def test_names_that_lower_case_alike_resolve_as_in_the_sdk() -> None:
+    # The SDK's dict keeps both; the later one's value is signed under the shared name.
+    signed = Signer(Credentials(AK, SK), region="cn-north-1").sign_headers(
+        method="GET", query={}, headers={"Host": "h", "X-A": "1", "X-a": "2"}, now=NOW
+    )
+    assert "x-a:2\n" in signed.canonical_request
+    assert signed.signed_headers == "host;x-a;x-content-sha256;x-date"
+
+
+def test_a_percent_in_a_header_name_is_signed_verbatim() -> None:
+    # "%" is legal in a header name and must not disturb the cached %-template.
+    signed = Signer(Credentials(AK, SK), region="cn-north-1").sign_headers(
+        method="GET", query={}, headers={"Host": "h", "X-%s%d": "v%s"}, now=NOW
+    )
+    assert "x-%s%d:v%s\n" in signed.canonical_request
+    assert "SignedHeaders=host;x-%s%d;x-content-sha256;x-date," in signed.authorization
+
+
+def test_region_and_service_are_checked() -> None:
+    credentials = Credentials(AK, SK)
+    for region in ("", "cn north", "cn-north-1\r\nX: y", 5):
+        with pytest.raises(ValueError, match="region"):
+            Signer(credentials, region=region)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="service"):
+        Signer(credentials, region="cn-north-1", service="rtc/x")
+    with pytest.raises(ValueError, match="service"):
+        check_scope("cn-north-1", "")
+    check_scope("ap-southeast-1", "ml_maas")  # a service name with an underscore
+
+
 # --- time --------------------------------------------------------------------------------------
 
 
@@ -329,6 +325,18 @@ def test_format_x_date_converts_to_utc() -> None:
 @given(st.datetimes(timezones=st.just(UTC)))
 def test_format_x_date_agrees_with_strftime(now: datetime) -> None:
     assert format_x_date(now) == now.strftime("%Y%m%dT%H%M%SZ")
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.just(UTC)))
+def test_parse_x_date_inverts_format_x_date(now: datetime) -> None:
+    assert parse_x_date(format_x_date(now)) == now.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "20240305T070809", "2024-03-05T07:08:09Z", "20241305T070809Z"]
+)
+def test_parse_x_date_rejects_malformed_values(value: str) -> None:
+    assert parse_x_date(value) is None
 
 
 def test_naive_datetime_is_rejected() -> None:
@@ -352,6 +360,13 @@ def test_signing_key_derivation() -> None:
     assert signing_key(SK, "20240305", "cn-north-1", "rtc") == expected
 
 
+@given(key=st.binary(max_size=200), message=st.text(max_size=200))
+def test_signature_is_hmac_sha256(key: bytes, message: str) -> None:
+    # Keys longer than SHA-256's 64-byte block are hashed first, as HMAC specifies.
+    expected = hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    assert signature(key, message) == expected
+
+
 def test_signer_derives_the_key_once_per_day() -> None:
     signing_key.cache_clear()
     signer = Signer(Credentials(AK, SK), region="cn-north-1")
@@ -359,11 +374,10 @@ def test_signer_derives_the_key_once_per_day() -> None:
         signer.sign(method="GET", host="h", query=QUERY, now=NOW + timedelta(seconds=second))
     assert signing_key.cache_info().misses == 1
 
-    # sign() shares the cache: same day, region and service -> no new derivation.
-    sign(
-        method="GET", path="/", query=QUERY, headers={"Host": "h"}, body=b"",
-        credentials=Credentials(AK, SK), region="cn-north-1", service="rtc", now=NOW,
-    )  # fmt: skip
+    # Another signer shares the cache: same day, region and service -> no new derivation.
+    Signer(Credentials(AK, SK), region="cn-north-1").sign_headers(
+        method="GET", query=QUERY, headers={"Host": "h"}, now=NOW
+    )
     assert signing_key.cache_info().misses == 1
     assert signing_key.cache_info().hits >= 1
 
@@ -374,10 +388,10 @@ def test_signer_switches_key_at_midnight_utc() -> None:
     before = datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC)
     for now in (before, before + timedelta(seconds=1), before):
         fast = signer.sign(method="GET", host="h", query=QUERY, now=now)
-        reference = sign(
-            method="GET", path="/", query=QUERY, headers={"Host": "h"}, body=b"",
-            credentials=credentials, region="cn-north-1", service="rtc", now=now,
-        )  # fmt: skip
+        # A new signer has no day cached: it derives the key of ``now``'s day.
+        reference = Signer(credentials, region="cn-north-1").sign(
+            method="GET", host="h", query=QUERY, now=now
+        )
         assert fast.authorization == reference.authorization
         assert f"/{now:%Y%m%d}/cn-north-1/rtc/request" in fast.authorization
 
@@ -518,14 +532,14 @@ def test_no_secret_in_any_repr() -> None:
     credentials = Credentials(AK, SK, TOKEN)
     signer = Signer(credentials, region="cn-north-1")
     fast = signer.sign(method="POST", host="h", query=QUERY, body=b"{}", now=NOW)
-    slow = sign(
-        method="GET", path="/", query=QUERY, headers={"Host": "h"}, body="",
-        credentials=credentials, region="cn-north-1", service="rtc", now=NOW,
-    )  # fmt: skip
+    general = signer.sign_headers(
+        method="GET", query=QUERY, headers={"Host": "h", "X-Security-Token": TOKEN}, now=NOW
+    )
     assert fast.headers["X-Security-Token"] == TOKEN  # it is sent ...
     assert TOKEN in fast.canonical_request  # ... and signed ...
-    for thing in (credentials, signer, fast, slow, parse_authorization(fast.authorization)):
+    for thing in (credentials, signer, fast, general, parse_authorization(fast.authorization)):
         for text in (repr(thing), str(thing)):  # ... but never shown
             assert SK not in text
             assert TOKEN not in text
     assert "'X-Security-Token': '***'" in repr(fast)
+    assert "'X-Security-Token': '***'" in repr(general)

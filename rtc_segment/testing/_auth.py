@@ -14,29 +14,44 @@ mismatch the server cannot tell a wrong secret from a different canonical reques
 says so and shows its own canonical request (which holds no secret; a session token in
 it is masked) and that request's SHA-256, for the caller to diff against theirs.
 Nothing here ever formats a secret key or a session token.
+
+The server's half of the signature lives here (parsing ``Authorization``, rebuilding the
+canonical request from what arrived); the canonical request itself, the string to sign and
+the key come from ``rtc_segment._signing``, the same code the client signs with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 
 import attrs
 
-from .._credentials import Credentials
+from .._credentials import REDACTED, Credentials
 from .._signing import (
-    canonical_request_for,
+    ALGORITHM,
+    canonical_query,
+    canonical_request,
+    credential_scope,
     format_x_date,
-    parse_authorization,
+    parse_x_date,
     signature,
     signing_key,
     string_to_sign,
 )
 from . import _envelope as errors
 
-__all__ = ["AccessKey", "RequestView", "authenticate"]
+__all__ = [
+    "AccessKey",
+    "ParsedAuthorization",
+    "RequestView",
+    "authenticate",
+    "canonical_request_for",
+    "parse_authorization",
+]
 
 #: ``X-Date`` may differ from the emulator's clock by this much (X-Expires default, 900 s).
 MAX_SKEW_SECONDS = 900.0
@@ -63,13 +78,107 @@ class RequestView:
     body: bytes
 
 
-def _parse_x_date(value: str) -> datetime | None:
-    if len(value) != 16:
-        return None
-    try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
+@attrs.frozen
+class ParsedAuthorization:
+    """The parts of an ``Authorization: HMAC-SHA256 Credential=…`` header."""
+
+    access_key_id: str
+    #: ``YYYYMMDD`` from the credential scope.
+    date: str
+    region: str
+    service: str
+    #: The scope's last element; ``"request"`` for a valid V4 signature.
+    terminator: str
+    signed_headers: tuple[str, ...]
+    signature: str
+
+    @property
+    def credential_scope(self) -> str:
+        """``date/region/service/terminator``, as it goes into the string to sign."""
+        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
+
+
+_DATE_RE = re.compile(r"[0-9]{8}")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_authorization(value: str) -> ParsedAuthorization:
+    """Parse an ``Authorization`` header value.
+
+    Raises:
+        ValueError: The value is malformed; the message says which part.
+    """
+    algorithm, _, rest = value.partition(" ")
+    if algorithm != ALGORITHM:
+        raise ValueError(f"Authorization: algorithm must be {ALGORITHM!r}")
+    fields: dict[str, str] = {}
+    for component in rest.split(","):
+        name, sep, field_value = component.strip().partition("=")
+        if not sep:
+            raise ValueError("Authorization: each component must be Name=value")
+        if name in fields:
+            raise ValueError(f"Authorization: {name} appears more than once")
+        fields[name] = field_value
+    for required in ("Credential", "SignedHeaders", "Signature"):
+        if required not in fields:
+            raise ValueError(f"Authorization: {required} is missing")
+    unknown = sorted(set(fields) - {"Credential", "SignedHeaders", "Signature"})
+    if unknown:
+        raise ValueError(f"Authorization: unexpected component {unknown[0]!r}")
+
+    scope = fields["Credential"].split("/")
+    if len(scope) != 5 or not all(scope):
+        raise ValueError(
+            "Authorization: Credential must be AccessKeyId/YYYYMMDD/region/service/request"
+        )
+    access_key_id, date, region, service, terminator = scope
+    if not _DATE_RE.fullmatch(date):
+        raise ValueError("Authorization: Credential date must be YYYYMMDD")
+    signed_headers = tuple(fields["SignedHeaders"].split(";"))
+    if not all(signed_headers):
+        raise ValueError("Authorization: SignedHeaders must be non-empty names separated by ';'")
+    if not _SIGNATURE_RE.fullmatch(fields["Signature"]):
+        raise ValueError("Authorization: Signature must be 64 lower-case hex digits")
+    return ParsedAuthorization(
+        access_key_id=access_key_id,
+        date=date,
+        region=region,
+        service=service,
+        terminator=terminator,
+        signed_headers=signed_headers,
+        signature=fields["Signature"],
+    )
+
+
+def canonical_request_for(
+    *,
+    method: str,
+    path: str,
+    query_pairs: Iterable[tuple[str, str]],
+    signed_headers: Sequence[str],
+    header_lookup: Callable[[str], str | None],
+    content_sha256: str,
+) -> str:
+    """The canonical request a server recomputes from what it received.
+
+    Args:
+        method: The request method.
+        path: The decoded request path.
+        query_pairs: The decoded query parameters in the order received.
+        signed_headers: The names from ``SignedHeaders``, in the declared order.
+        header_lookup: Returns a received header's value by name (``None`` if absent).
+        content_sha256: The body hash to use (normally the received ``X-Content-Sha256``).
+
+    Raises:
+        ValueError: A signed header is absent from the request.
+    """
+    headers = []
+    for name in signed_headers:
+        value = header_lookup(name)
+        if value is None:
+            raise ValueError(f"signed header {name!r} is missing from the request")
+        headers.append((name, value))
+    return canonical_request(method, path, canonical_query(query_pairs), headers, content_sha256)
 
 
 def _describe_skew(seconds: float) -> str:
@@ -108,7 +217,7 @@ def authenticate(
     x_date = header("x-date")
     if not x_date:
         raise errors.missing_request_info("The X-Date header is missing")
-    signed_at = _parse_x_date(x_date)
+    signed_at = parse_x_date(x_date)
     if signed_at is None:
         raise errors.missing_request_info(
             f"The X-Date header {x_date[:40]!r} is not in the format YYYYMMDDTHHMMSSZ"
@@ -140,7 +249,7 @@ def authenticate(
             )
 
     date = x_date[:8]
-    expected_scope = f"{date}/{region}/{service}/request"
+    expected_scope = credential_scope(date, region, service)
     if parsed.credential_scope != expected_scope:
         parts = []
         for what, theirs, ours in (
@@ -192,7 +301,7 @@ def authenticate(
     if not hmac.compare_digest(expected, parsed.signature):
         shown = canonical
         if token is not None:
-            shown = shown.replace(f"x-security-token:{token}\n", "x-security-token:***\n")
+            shown = shown.replace(f"x-security-token:{token}\n", f"x-security-token:{REDACTED}\n")
         digest = hashlib.sha256(canonical.encode()).hexdigest()
         raise errors.signature_does_not_match(
             "The signature differs although the credential scope "
