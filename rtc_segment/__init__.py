@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._auth import VolcengineAuth
 from ._caller import Backoff, ClientStats
-from ._client import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT, SegmentClient
+from ._client import SegmentClient
 from ._credentials import Credentials
+from ._endpoints import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT
 from ._errors import (
     ApiError,
     AuthenticationError,

@@ -15,17 +15,12 @@ from typing import TypeAlias
 import httpx
 
 from ._credentials import Credentials
+from ._endpoints import RTC_HOSTS
 from ._signing import Signer, canonical_path, check_scope
 
 __all__ = ["UnsafeRedirectError", "VolcengineAuth"]
 
 #: The documented RTC OpenAPI host of each signing region: VolcengineAuth's default pin.
-_RTC_HOSTS = {
-    "cn-north-1": "rtc.volcengineapi.com",
-    "ap-southeast-1": "open-ap-singapore-1.volcengineapi.com",
-    # The official Go SDK's name for the same overseas endpoint.
-    "ap-singapore-1": "open-ap-singapore-1.volcengineapi.com",
-}
 #: What VolcengineAuth sets; none of it may follow a redirect to another origin.
 _SIGNATURE_HEADERS = ("Authorization", "X-Date", "X-Content-Sha256", "X-Security-Token")
 _SIGNATURE_NAMES = frozenset(name.lower() for name in _SIGNATURE_HEADERS)
@@ -135,7 +130,7 @@ class VolcengineAuth(httpx.Auth):
         if any_host and host is not None:
             raise ValueError("pass host= or any_host=True, not both")
         if host is None and not any_host:
-            host = _RTC_HOSTS.get(region) if service == "rtc" else None
+            host = RTC_HOSTS.get(region) if service == "rtc" else None
             if host is None:
                 raise ValueError(
                     f"host: no documented endpoint for service {service!r} in region "

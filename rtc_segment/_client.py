@@ -6,7 +6,6 @@ Behaviour lives below: the one HTTP path in ``_caller``, the per-action rules in
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -27,6 +26,7 @@ from ._actions import (
 from ._aiohttp import HTTP_BACKENDS, HttpBackend, aiohttp_transport
 from ._caller import Backoff, Caller, ClientStats
 from ._credentials import Credentials
+from ._endpoints import DEFAULT_ENDPOINT
 from ._fanout import OutcomeStream, gather_outcomes
 from ._limiting import ActionLimiters, RateLimiter
 from ._models import (
@@ -42,20 +42,13 @@ from ._models import (
 )
 from ._other_actions import call_action
 from ._scheduling import KeyLike, check_deadline
+from ._signing import check_scope
 from ._validation import check_int, check_number, task_key
 from ._watch import TaskWatch, wait_for, watch_one
 from ._wire import check_endpoint
 
-__all__ = ["DEFAULT_ENDPOINT", "SINGAPORE_ENDPOINT", "SegmentClient"]
+__all__ = ["SegmentClient"]
 
-#: The mainland-China endpoint (signing region ``cn-north-1``).
-DEFAULT_ENDPOINT = "https://rtc.volcengineapi.com"
-#: The overseas endpoint. The docs sign it with region ``ap-southeast-1``, the official Go
-#: SDK with ``ap-singapore-1``; pass the one your account uses as ``region``.
-SINGAPORE_ENDPOINT = "https://open-ap-singapore-1.volcengineapi.com"
-
-# The region is signed into the credential scope: lower-case words and digits with hyphens.
-_REGION_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 Keys = Iterable[KeyLike] | AsyncIterator[KeyLike]
 
@@ -131,8 +124,7 @@ class SegmentClient:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         resolved = Credentials.resolve(credentials)
-        if not isinstance(region, str) or _REGION_PATTERN.fullmatch(region) is None:
-            raise ValueError(f"region must be a region name such as 'cn-north-1', got {region!r}")
+        check_scope(region, "rtc")  # signed into the credential scope
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff or None, not {type(backoff).__name__}")
         if clock is not None and not callable(clock):

@@ -6,7 +6,7 @@ import argparse
 
 from .. import __version__
 from .._actions import API_VERSIONS, DEFAULT_API_VERSION
-from .._client import DEFAULT_ENDPOINT
+from .._endpoints import DEFAULT_ENDPOINT
 
 __all__ = ["DEMO_ROOMS", "build_parser"]
 
