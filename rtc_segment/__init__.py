@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._auth import VolcengineAuth
+from ._auth import UnsafeRedirectError, VolcengineAuth
 from ._caller import Backoff, ClientStats
 from ._client import SegmentClient
 from ._credentials import Credentials
@@ -103,6 +103,7 @@ __all__ = [
     "ThrottledError",
     "TosConfig",
     "TransportError",
+    "UnsafeRedirectError",
     "VeImageXConfig",
     "Vendor",
     "VodConfig",
