@@ -19,8 +19,10 @@ from typing import Any, cast
 import attrs
 
 from ._errors import RtcSegmentError, WaitTimeoutError
+from ._instrumentation import RunObservation
 from ._models import SegmentTask, TaskKey
 from ._scheduling import (
+    POLLED_ACTION,
     KeyLike,
     PollSource,
     Scheduler,
@@ -74,24 +76,41 @@ async def _watch_one(
     source: TaskFetcher, key: TaskKey, interval: float, deadline: float | None, seen: _LastSeen
 ) -> AsyncIterator[SegmentTask]:
     last: SegmentTask | None = None
-    while True:
-        try:
-            task = await source.fetch_task(key, bulk=True, deadline=deadline)
-        except RtcSegmentError as error:
-            if not is_transient(error):
-                raise
-            seen.error = error
-            logger.warning(
-                "polling %s failed, trying again in %g s: %s", "/".join(key), interval, error
-            )
-        else:
-            seen.task, seen.error = task, None
-            if task != last:
-                last = task
-                yield task
-            if task.is_terminal:
-                return
-        await asyncio.sleep(interval)
+    run = RunObservation.start("watch", POLLED_ACTION)  # None without instrumentation hooks
+    try:
+        while True:
+            try:
+                task = await _poll(source, key, deadline, run)
+            except RtcSegmentError as error:
+                if not is_transient(error):
+                    raise
+                seen.error = error
+                logger.warning(
+                    "polling %s failed, trying again in %g s: %s", "/".join(key), interval, error
+                )
+            else:
+                seen.task, seen.error = task, None
+                if task != last:
+                    last = task
+                    yield task
+                if task.is_terminal:
+                    return
+            await asyncio.sleep(interval)
+    finally:
+        if run is not None:
+            run.end()
+
+
+async def _poll(
+    source: TaskFetcher, key: TaskKey, deadline: float | None, run: RunObservation | None
+) -> SegmentTask:
+    if run is None:
+        return await source.fetch_task(key, bulk=True, deadline=deadline)
+    # A task of its own, so that the poll runs in the run's context (what the hooks set
+    # there); cancelling this coroutine cancels it.
+    return await asyncio.get_running_loop().create_task(
+        source.fetch_task(key, bulk=True, deadline=deadline), context=run.call_context()
+    )
 
 
 async def wait_for(
@@ -189,6 +208,8 @@ class TaskWatch(Scheduler):
     Polls are started while the consumer waits in ``async for``: a consumer that is busy
     elsewhere delays polling rather than letting events pile up.
     """
+
+    _run_kind = "watch"
 
     def __init__(
         self,
