@@ -8,6 +8,7 @@ shared with fan-out is in ``_scheduling``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -134,9 +135,11 @@ async def wait_for(
     seen = _LastSeen()
 
     async def until_terminal() -> SegmentTask:
-        async for task in _watch_one(source, key, interval, per_poll, seen):
-            if task.is_terminal:
-                return task
+        # Closed at once, not when collected: its end is the end of the run hooks see.
+        async with contextlib.aclosing(_watch_one(source, key, interval, per_poll, seen)) as polls:
+            async for task in polls:
+                if task.is_terminal:
+                    return task
         raise AssertionError("unreachable: the watch ends only after a terminal state")
 
     if timeout is None:
