@@ -21,7 +21,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ._errors import RtcSegmentError, ThrottledError
+from ._errors import DeadlineExceededError, RtcSegmentError, ThrottledError
 from ._models import TaskKey
 
 __all__ = [
@@ -198,6 +198,7 @@ class CallObservation:
         "_clock",
         "_details",
         "_http_status",
+        "_last_retried",
         "_limiter_wait",
         "_observers",
         "_request_id",
@@ -218,6 +219,7 @@ class CallObservation:
         self._limiter_wait = 0.0
         self._http_status: int | None = None
         self._request_id: str | None = None
+        self._last_retried: RtcSegmentError | None = None
 
     @classmethod
     def start(cls, details: CallDetails, clock: Callable[[], float]) -> CallObservation | None:
@@ -246,6 +248,7 @@ class CallObservation:
     def retrying(self, attempt: int, error: RtcSegmentError, backoff: float) -> None:
         """Attempt ``attempt`` failed with ``error``; the next comes after ``backoff`` s."""
         self._failed_attempt(error)
+        self._last_retried = error
         retry = RetryDetails(self._details, attempt, error, backoff)
         for observer in self._observers:
             try:
@@ -261,7 +264,13 @@ class CallObservation:
     def end(self, error: BaseException | None) -> None:
         """The call ended with ``error`` (``None``: success); tell the observers, last first."""
         attempts = self._turns
-        if isinstance(error, RtcSegmentError):
+        if isinstance(error, DeadlineExceededError):
+            # The deadline may have cut in after an attempt failed and before its retry.
+            last = error.last_error
+            if last is not None and last is not self._last_retried:
+                self._failed_attempt(last)
+            attempts = error.attempts
+        elif isinstance(error, RtcSegmentError):
             self._failed_attempt(error)
             attempts = error.attempts
         result = CallResult(

@@ -17,6 +17,7 @@ from rtc_segment import (
     CallHook,
     CallRecorder,
     CallResult,
+    DeadlineExceededError,
     RetryDetails,
     RunDetails,
     SegmentClient,
@@ -354,3 +355,19 @@ async def test_waiting_for_one_task_is_one_run_whose_polls_see_its_context() -> 
     assert labelling.seen[:4] == [(True, "watch 1")] * 4  # polls at 0, 3, 6, 9 ... s
     assert labelling.seen[-1] == (True, "watch 2")
     assert RUN_LABEL.get() is None
+
+
+@pytest.mark.looptime
+async def test_a_deadline_after_a_throttled_answer_still_counts_it() -> None:
+    # The deadline cannot cover the Retry-After: the call gives up without retrying, and
+    # the throttled answer that made it give up is reported with it.
+    emulator = emulator_with_task()
+    emulator.faults.retry_after = 5
+    emulator.faults.next(1, Fault.HTTP_429)
+    async with client_on(emulator, backoff=Backoff()) as client:
+        with CallRecorder() as recorded, pytest.raises(DeadlineExceededError):
+            await client.get_segment_task(*KEY, deadline=2.0)
+    (result,) = recorded.calls
+    assert recorded.retries == []
+    assert (result.attempts, result.throttled, result.http_status) == (1, 1, 429)
+    assert result.request_id == emulator.requests[0].request_id
