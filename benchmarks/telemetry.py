@@ -2,7 +2,7 @@
 OpenTelemetry with the SDK recording every span and measurement; prints one table.
 
 Run: ``python benchmarks/telemetry.py`` (about a minute), or ``--quick`` for a smoke run.
-Needs the ``test`` extra (``opentelemetry-api`` and ``opentelemetry-sdk``).
+Needs the ``bench`` (or ``test``) extra: ``opentelemetry-api`` and ``opentelemetry-sdk``.
 
 1. **Sequential calls**: ``get_segment_task`` one at a time against the in-process
    emulator (no sockets, so the client's own work is as large a share of a call as it can

@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from typing import Any, cast
 
 import attrs
@@ -75,7 +75,7 @@ def watch_one(
 
 async def _watch_one(
     source: TaskFetcher, key: TaskKey, interval: float, deadline: float | None, seen: _LastSeen
-) -> AsyncIterator[SegmentTask]:
+) -> AsyncGenerator[SegmentTask, None]:
     last: SegmentTask | None = None
     run = RunObservation.start("watch", POLLED_ACTION)  # None without instrumentation hooks
     try:
