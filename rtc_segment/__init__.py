@@ -34,6 +34,18 @@ from ._errors import (
     deprecated_name,
 )
 from ._fanout import OutcomeStream
+from ._instrumentation import (
+    CallDetails,
+    CallHook,
+    CallObserver,
+    CallRecorder,
+    CallResult,
+    RetryDetails,
+    RunDetails,
+    RunObserver,
+    get_call_hooks,
+    set_call_hooks,
+)
 from ._limiting import LocalRateLimiter, RateLimiter
 from ._models import (
     ActionResult,
@@ -59,6 +71,7 @@ from ._version import __version__
 from ._watch import TaskWatch, WatchEvent
 
 if TYPE_CHECKING:
+    from ._otel import OpenTelemetryHook
     from ._redis import RedisLimiterStats, RedisRateLimiter
 
 __all__ = [
@@ -68,6 +81,11 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "Backoff",
+    "CallDetails",
+    "CallHook",
+    "CallObserver",
+    "CallRecorder",
+    "CallResult",
     "ClientClosedError",
     "ClientStats",
     "ClientTimeoutError",
@@ -78,13 +96,17 @@ __all__ = [
     "DeadlineExceededError",
     "InvalidParameterError",
     "LocalRateLimiter",
+    "OpenTelemetryHook",
     "OutcomeStream",
     "RateLimiter",
     "RateLimiterUnavailableError",
     "RedisLimiterStats",
     "RedisRateLimiter",
     "ResponseFormatError",
+    "RetryDetails",
     "RtcSegmentError",
+    "RunDetails",
+    "RunObserver",
     "SegmentClient",
     "SegmentTask",
     "ServerError",
@@ -111,13 +133,20 @@ __all__ = [
     "WaitTimeoutError",
     "WatchEvent",
     "__version__",
+    "get_call_hooks",
+    "set_call_hooks",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # RedisRateLimiter needs the optional `redis` package: import it only when asked for.
+    # RedisRateLimiter needs the optional `redis` package, OpenTelemetryHook the optional
+    # `opentelemetry-api`: import them only when asked for.
     if name in ("RedisRateLimiter", "RedisLimiterStats"):
         from . import _redis
 
         return getattr(_redis, name)
+    if name == "OpenTelemetryHook":
+        from . import _otel
+
+        return _otel.OpenTelemetryHook
     return deprecated_name(__name__, name)

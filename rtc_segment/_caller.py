@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
@@ -29,6 +30,7 @@ from ._errors import (
     RtcSegmentError,
     ThrottledError,
 )
+from ._instrumentation import CallDetails, CallObservation, get_call_hooks
 from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._signing import Signer
@@ -102,6 +104,14 @@ class ClientStats:
     """Calls that failed, by error class name."""
     in_flight: int = 0
     """Requests holding a connection slot now (waiting for the limiter, or on the wire)."""
+    limiter_wait_p50: float | None = None
+    """Median seconds an attempt waited for its turn (a connection slot and the limiter;
+    fan-out and watch polls behind each other too), over the attempts of the last minute
+    (at most the last 4,096); ``None`` when there were none."""
+    limiter_wait_p99: float | None = None
+    """The 99th percentile of the same waits, in seconds."""
+    waiting_for_limiter: int = 0
+    """Calls waiting for their turn now (for a slot, the limiter, or behind other polls)."""
 
 
 @attrs.define
@@ -111,6 +121,42 @@ class _Counters:
     throttled: int = 0
     succeeded: int = 0
     errors: Counter[str] = attrs.field(factory=Counter)
+
+
+# ClientStats' limiter wait percentiles cover this many seconds, and at most this many waits.
+_WAIT_WINDOW = 60.0
+_WAIT_SAMPLES = 4096
+
+
+class _RecentWaits:
+    """The waits for the limiter of the last minute: one append per attempt, sorted on read."""
+
+    __slots__ = ("_clock", "_samples")
+
+    def __init__(self) -> None:
+        # (when the turn came, seconds waited), oldest first; the bound caps the memory.
+        self._samples: deque[tuple[float, float]] = deque(maxlen=_WAIT_SAMPLES)
+        self._clock: Callable[[], float] | None = None
+
+    def add(self, clock: Callable[[], float], now: float, seconds: float) -> None:
+        self._clock = clock
+        self._samples.append((now, seconds))
+
+    def percentiles(self) -> tuple[float | None, float | None]:
+        """(p50, p99) of the waits of the last minute, by nearest rank."""
+        if self._clock is None:
+            return None, None
+        horizon = self._clock() - _WAIT_WINDOW
+        # A copy, not an iteration: the stats may be read from another thread (a progress
+        # display) while the loop appends.
+        recent = sorted(wait for when, wait in list(self._samples) if when >= horizon)
+        if not recent:
+            return None, None
+        return _nearest_rank(recent, 0.50), _nearest_rank(recent, 0.99)
+
+
+def _nearest_rank(ordered: list[float], fraction: float) -> float:
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 class Calls(Protocol):
@@ -173,6 +219,8 @@ class Caller:
         self._backoff = backoff
         self._clock = clock or _utc_now
         self._signer = Signer(credentials, region=region, service="rtc")
+        url = httpx.URL(base_url)
+        self._server = (url.host, url.port or (443 if url.scheme == "https" else 80))
         self._rng = random.Random()
         self._counters = _Counters()
         # Bounds in-flight requests to the pool size, *before* the limiter: a request that
@@ -180,6 +228,8 @@ class Caller:
         self._slots = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
         self._in_flight = 0
+        self._waiting = 0
+        self._waits = _RecentWaits()
         self._timeout = timeout
         # What an attempt typically takes: a retry that cannot finish in the deadline left
         # is not started.
@@ -238,6 +288,7 @@ class Caller:
     def stats(self) -> ClientStats:
         """A snapshot of the counters."""
         c = self._counters
+        p50, p99 = self._waits.percentiles()
         return ClientStats(
             requests_sent=c.requests_sent,
             retries=c.retries,
@@ -245,6 +296,9 @@ class Caller:
             succeeded=c.succeeded,
             errors=dict(c.errors),
             in_flight=self._in_flight,
+            limiter_wait_p50=p50,
+            limiter_wait_p99=p99,
+            waiting_for_limiter=self._waiting,
         )
 
     @property
@@ -297,8 +351,38 @@ class Caller:
             bulk: Part of a fan-out or watch: waits behind single calls at the limiter.
             deadline: Seconds the whole call may take (limiter, attempts, backoff);
                 ``None`` for no bound. Raises :class:`DeadlineExceededError` when it runs out.
+
+        The hooks set with ``set_call_hooks`` are told of the call, its limiter waits, its
+        retries and its end (see ``_instrumentation``).
         """
         self.check_open()
+        arguments = (action, query, key, body, parse, retry_if_maybe_sent, bulk, deadline)
+        if not get_call_hooks():  # the default: nothing to tell, nothing built
+            return await self._call(*arguments, None)
+        details = CallDetails(action.name, key, bulk, *self._server)
+        observation = CallObservation.start(details, asyncio.get_running_loop().time)
+        if observation is None:
+            return await self._call(*arguments, None)
+        try:
+            value = await self._call(*arguments, observation)
+        except BaseException as error:
+            observation.end(error)
+            raise
+        observation.end(None)
+        return value
+
+    async def _call(
+        self,
+        action: Action,
+        query: Mapping[str, str],
+        key: TaskKey | None,
+        body: bytes,
+        parse: Parse[_T],
+        retry_if_maybe_sent: bool,
+        bulk: bool,
+        deadline: float | None,
+        observation: CallObservation | None,
+    ) -> _T:
         limiter = self.limiter_for(action)
         counters = self._counters
         clock = asyncio.get_running_loop().time
@@ -311,7 +395,7 @@ class Caller:
             attempt += 1
             try:
                 metadata, result, status = await self._attempt(
-                    action, query, key, body, limiter, bulk, budget
+                    action, query, key, body, limiter, bulk, budget, observation
                 )
             except _OutOfTime as out:
                 counters.errors["DeadlineExceededError"] += 1
@@ -361,10 +445,14 @@ class Caller:
                     delay,
                 )
                 counters.retries += 1
+                if observation is not None:
+                    observation.retrying(attempt, error, delay)
                 if delay > 0:
                     with budget.spending("backing_off"):
                         await asyncio.sleep(delay)
                 continue
+            if observation is not None:
+                observation.answered(status, metadata.request_id)
             try:
                 value = parse(metadata, result, status, action.name, key)
             except RtcSegmentError as error:
@@ -384,8 +472,10 @@ class Caller:
         limiter: RateLimiter,
         bulk: bool,
         budget: _Budget,
+        observation: CallObservation | None,
     ) -> tuple[ResponseMetadata, Any, int]:
         """One attempt: a slot, the limiter, a fresh signature, the exchange, the verdict."""
+        asked = budget.now()
         with budget.spending("queued"):
             bound = budget.bound()
             try:
@@ -395,6 +485,10 @@ class Caller:
                 if not bound.expired():  # the limiter's own, not the deadline
                     raise
                 raise _OutOfTime(sent=False) from None
+        turn = budget.now()
+        self._waits.add(budget.clock, turn, turn - asked)
+        if observation is not None:
+            observation.limiter_waited(turn - asked)
         handed_off = False
         try:
             self.check_open()
@@ -470,11 +564,15 @@ class Caller:
         first, so at most one bulk request waits at the limiter and a single call made
         meanwhile is next after it, not after the whole fan-out.
         """
-        if bulk:
-            async with bulk_gate(limiter):
+        self._waiting += 1
+        try:
+            if bulk:
+                async with bulk_gate(limiter):
+                    await self._take_slot_and_send_time(limiter)
+            else:
                 await self._take_slot_and_send_time(limiter)
-        else:
-            await self._take_slot_and_send_time(limiter)
+        finally:
+            self._waiting -= 1
 
     async def _take_slot_and_send_time(self, limiter: RateLimiter) -> None:
         await self._slots.acquire()
@@ -563,6 +661,10 @@ class _Budget:
         self._seconds = seconds
         self._ends = None if seconds is None else clock() + seconds
         self.queued = self.in_attempts = self.backing_off = 0.0
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     def now(self) -> float:
         return self._clock()

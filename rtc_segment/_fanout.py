@@ -56,6 +56,8 @@ class OutcomeStream(Scheduler):
     async generator). The client stays usable in every case.
     """
 
+    _run_kind = "fan-out"
+
     def __init__(
         self,
         source: PollSource,
@@ -125,6 +127,7 @@ class OutcomeStream(Scheduler):
             if not self._in_flight and self._pull is None:
                 # Source exhausted and every outcome delivered.
                 self._closed = True
+                self._end_run()
                 error, self._source_error = self._source_error, None
                 if error is not None:
                     raise error

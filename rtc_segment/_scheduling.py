@@ -22,13 +22,15 @@ import math
 import weakref
 from collections.abc import AsyncIterable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar, cast
 
 from ._errors import DeadlineExceededError
+from ._instrumentation import RunKind, RunObservation
 from ._models import SegmentTask, TaskKey, TaskOutcome
 from ._validation import check_int, check_number
 
 __all__ = [
+    "POLLED_ACTION",
     "KeyLike",
     "KeySource",
     "PollSource",
@@ -47,6 +49,9 @@ KeyLike: TypeAlias = "TaskKey | tuple[str, str, str]"
 """A :class:`TaskKey` or a plain ``(app_id, room_id, task_id)`` tuple."""
 KeySource: TypeAlias = "Iterable[KeyLike] | AsyncIterable[KeyLike]"
 """Keys for a fan-out: any iterable or async iterable, consumed lazily."""
+
+#: What the schedulers' polls call (told to instrumentation hooks with each run).
+POLLED_ACTION = "GetSegmentTask"
 
 # The default number of requests in flight covers this many seconds of latency at the
 # ceiling: requests wait their turn at the limiter while earlier ones are on the wire.
@@ -201,8 +206,12 @@ class Scheduler:
 
     A subclass starts polls with :meth:`_start`, is told of each finished one through
     :meth:`_poll_done`, waits for news with :meth:`_wait`, and drops its own state in
-    :meth:`_on_close` (returning any extra task to cancel).
+    :meth:`_on_close` (returning any extra task to cancel). It calls :meth:`_end_run` when
+    it runs out of work without being closed.
     """
+
+    #: How instrumentation hooks are told of this scheduler's run.
+    _run_kind: ClassVar[RunKind]
 
     def __init__(self, source: TaskFetcher, deadline: float | None = None) -> None:
         self._source = source
@@ -210,6 +219,8 @@ class Scheduler:
         self._in_flight: dict[asyncio.Future[Any], Any] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        # The hooks' view of this run (None without hooks): its polls run in its context.
+        self._run = RunObservation.start(self._run_kind, POLLED_ACTION)
         # Done-callbacks hold the scheduler weakly, so dropping it cancels its work at once.
         self._on_done = _weak_callback(self, type(self)._poll_finished)
         self._on_news = _weak_callback(self, Scheduler._wake)
@@ -233,6 +244,7 @@ class Scheduler:
         if pending:
             _cancel_quietly(pending)
             await asyncio.wait(pending)
+        self._end_run()
 
     def __del__(self) -> None:
         # Dropped while polls were in flight (e.g. ``break`` out of ``async for``).
@@ -241,6 +253,7 @@ class Scheduler:
             return
         self._closed = True
         _cancel_quietly([*in_flight, *self._on_close()])
+        self._end_run()
 
     # -- for subclasses ----------------------------------------------------------------
 
@@ -248,10 +261,18 @@ class Scheduler:
         """Drop the subclass's state; return any further task to cancel."""
         return []
 
+    def _end_run(self) -> None:
+        """Tell the hooks the run has ended (once; nothing without hooks)."""
+        run, self._run = self._run, None
+        if run is not None:
+            run.end()
+
     def _start(self, key: TaskKey, entry: object) -> None:
         """Start polling ``key``; ``entry`` comes back to :meth:`_poll_done`."""
+        run = self._run
         task = asyncio.get_running_loop().create_task(
-            fetch_outcome(self._source, key, self._deadline)
+            fetch_outcome(self._source, key, self._deadline),
+            context=None if run is None else run.call_context(),
         )
         self._in_flight[task] = entry
         task.add_done_callback(self._on_done)

@@ -8,19 +8,22 @@ shared with fan-out is in ``_scheduling``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from typing import Any, cast
 
 import attrs
 
 from ._errors import RtcSegmentError, WaitTimeoutError
+from ._instrumentation import RunObservation
 from ._models import SegmentTask, TaskKey
 from ._scheduling import (
+    POLLED_ACTION,
     KeyLike,
     PollSource,
     Scheduler,
@@ -72,26 +75,43 @@ def watch_one(
 
 async def _watch_one(
     source: TaskFetcher, key: TaskKey, interval: float, deadline: float | None, seen: _LastSeen
-) -> AsyncIterator[SegmentTask]:
+) -> AsyncGenerator[SegmentTask, None]:
     last: SegmentTask | None = None
-    while True:
-        try:
-            task = await source.fetch_task(key, bulk=True, deadline=deadline)
-        except RtcSegmentError as error:
-            if not is_transient(error):
-                raise
-            seen.error = error
-            logger.warning(
-                "polling %s failed, trying again in %g s: %s", "/".join(key), interval, error
-            )
-        else:
-            seen.task, seen.error = task, None
-            if task != last:
-                last = task
-                yield task
-            if task.is_terminal:
-                return
-        await asyncio.sleep(interval)
+    run = RunObservation.start("watch", POLLED_ACTION)  # None without instrumentation hooks
+    try:
+        while True:
+            try:
+                task = await _poll(source, key, deadline, run)
+            except RtcSegmentError as error:
+                if not is_transient(error):
+                    raise
+                seen.error = error
+                logger.warning(
+                    "polling %s failed, trying again in %g s: %s", "/".join(key), interval, error
+                )
+            else:
+                seen.task, seen.error = task, None
+                if task != last:
+                    last = task
+                    yield task
+                if task.is_terminal:
+                    return
+            await asyncio.sleep(interval)
+    finally:
+        if run is not None:
+            run.end()
+
+
+async def _poll(
+    source: TaskFetcher, key: TaskKey, deadline: float | None, run: RunObservation | None
+) -> SegmentTask:
+    if run is None:
+        return await source.fetch_task(key, bulk=True, deadline=deadline)
+    # A task of its own, so that the poll runs in the run's context (what the hooks set
+    # there); cancelling this coroutine cancels it.
+    return await asyncio.get_running_loop().create_task(
+        source.fetch_task(key, bulk=True, deadline=deadline), context=run.call_context()
+    )
 
 
 async def wait_for(
@@ -115,9 +135,11 @@ async def wait_for(
     seen = _LastSeen()
 
     async def until_terminal() -> SegmentTask:
-        async for task in _watch_one(source, key, interval, per_poll, seen):
-            if task.is_terminal:
-                return task
+        # Closed at once, not when collected: its end is the end of the run hooks see.
+        async with contextlib.aclosing(_watch_one(source, key, interval, per_poll, seen)) as polls:
+            async for task in polls:
+                if task.is_terminal:
+                    return task
         raise AssertionError("unreachable: the watch ends only after a terminal state")
 
     if timeout is None:
@@ -189,6 +211,8 @@ class TaskWatch(Scheduler):
     Polls are started while the consumer waits in ``async for``: a consumer that is busy
     elsewhere delays polling rather than letting events pile up.
     """
+
+    _run_kind = "watch"
 
     def __init__(
         self,

@@ -148,3 +148,44 @@ async def test_single_calls_go_ahead_of_a_running_fan_out() -> None:
     assert wall <= 1.05 * (900 + 20) / 60
     assert emulator.stats.throttled == 0
     assert emulator.max_in_window(1.0) <= 60
+
+
+# -- the limiter wait in client.stats -----------------------------------------------------------
+
+
+@pytest.mark.looptime
+async def test_stats_give_the_limiter_wait_percentiles_and_who_is_waiting() -> None:
+    emulator = Emulator(qps=None)
+    emulator.add_task(*KEY)
+    async with client_on(emulator, qps=2.0) as client:
+        assert (client.stats.limiter_wait_p50, client.stats.limiter_wait_p99) == (None, None)
+        calls = [asyncio.create_task(client.get_segment_task(*KEY)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        assert client.stats.waiting_for_limiter == 4  # the first has gone, four wait
+        await asyncio.gather(*calls)
+        stats = client.stats
+    assert stats.waiting_for_limiter == 0
+    # All five asked at once; each waited until the limiter let it go, when it arrived.
+    arrivals = sorted(record.arrival for record in emulator.requests)
+    waits = [at - arrivals[0] for at in arrivals]
+    assert waits[-1] >= 2.0  # at 2 per second the last waited at least 2 s
+    assert stats.limiter_wait_p50 == pytest.approx(waits[2], abs=1e-3)  # nearest rank
+    assert stats.limiter_wait_p99 == pytest.approx(waits[4], abs=1e-3)
+
+
+@pytest.mark.looptime
+async def test_the_limiter_wait_percentiles_cover_the_last_minute() -> None:
+    emulator = Emulator(qps=None)
+    emulator.add_task(*KEY)
+    async with client_on(emulator, qps=1.0) as client:
+        await asyncio.gather(*(client.get_segment_task(*KEY) for _ in range(3)))
+        slow = client.stats.limiter_wait_p99
+        assert slow is not None and slow >= 2.0
+        await asyncio.sleep(30)
+        await client.get_segment_task(*KEY)  # no wait: the limiter has long been idle
+        assert client.stats.limiter_wait_p99 == slow  # the slow ones are still in the window
+        await asyncio.sleep(45)  # now only the quick one is
+        stats = client.stats
+        assert stats.limiter_wait_p50 == stats.limiter_wait_p99 == pytest.approx(0.0, abs=1e-3)
+        await asyncio.sleep(60)
+        assert client.stats.limiter_wait_p50 is None

@@ -1,9 +1,10 @@
 """Guarantee 4: secrets stay secret.
 
 A canary secret key and session token (and CustomConfig storage keys) go through every
-failure path with DEBUG logging on for every logger: they appear in no log record, no
-exception message or traceback, no ``repr`` of any object the caller can reach, and not in
-``client.stats``.
+failure path with DEBUG logging on for every logger and OpenTelemetry instrumentation on
+(a span for every call): they appear in no log record, no exception message or traceback,
+no ``repr`` of any object the caller can reach, not in ``client.stats``, and in no span
+(name, attribute, event, status) or metric attribute.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rtc_segment import (
     AuthenticationError,
     Backoff,
     Credentials,
     CustomConfig,
+    OpenTelemetryHook,
     ResponseFormatError,
     RtcSegmentError,
     SegmentClient,
@@ -29,6 +36,7 @@ from rtc_segment import (
     StorageType,
     ThrottledError,
     TransportError,
+    set_call_hooks,
 )
 from rtc_segment._signing import Signer
 from rtc_segment.testing import Emulator, Fault
@@ -82,6 +90,58 @@ def assert_no_leak(caplog: pytest.LogCaptureFixture, *objects: object) -> None:
             assert not leaks(text), text
 
 
+class Telemetry:
+    """OpenTelemetry on for every call (fan-out keys too), kept in memory to be read back."""
+
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.metrics = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.metrics])
+        set_call_hooks(
+            [
+                OpenTelemetryHook(
+                    tracer_provider=self.tracer_provider,
+                    meter_provider=self.meter_provider,
+                    per_key_spans=True,
+                )
+            ]
+        )
+
+    def texts(self) -> Iterator[str]:
+        """Everything the spans and metrics hold, as text."""
+        for span in self.spans.get_finished_spans():
+            yield span.name
+            yield span.status.description or ""
+            yield repr(dict(span.attributes or {}))
+            for event in span.events:
+                yield event.name
+                yield repr(dict(event.attributes or {}))
+        data = self.metrics.get_metrics_data()
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    yield metric.name
+                    for point in metric.data.data_points:
+                        yield repr(dict(point.attributes or {}))
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    telemetry = Telemetry()
+    yield telemetry
+    telemetry.tracer_provider.shutdown()
+    telemetry.meter_provider.shutdown()
+
+
+def assert_no_leak_in_telemetry(telemetry: Telemetry) -> None:
+    texts = list(telemetry.texts())
+    assert any(text.startswith("RTC.") for text in texts), "spans were recorded"
+    for text in texts:
+        assert not leaks(text), text
+
+
 def make_emulator(**kwargs: Any) -> Emulator:
     emulator = Emulator(CREDENTIALS, **kwargs)
     emulator.add_task(*KEY)
@@ -96,7 +156,7 @@ def client_for(emulator: Emulator, credentials: Credentials = CREDENTIALS, **kwa
 
 
 async def test_every_failure_path_keeps_the_canaries_out(
-    debug_logs: pytest.LogCaptureFixture,
+    debug_logs: pytest.LogCaptureFixture, telemetry: Telemetry
 ) -> None:
     seen: list[object] = []
 
@@ -152,6 +212,7 @@ async def test_every_failure_path_keeps_the_canaries_out(
 
     assert_no_leak(debug_logs, *seen)
     assert debug_logs.records, "DEBUG logging was captured"
+    assert_no_leak_in_telemetry(telemetry)
 
 
 async def test_credential_errors_never_show_the_secret(tmp_path: Any) -> None:
@@ -192,7 +253,7 @@ class StartTransport(httpx.AsyncBaseTransport):
 
 
 async def test_custom_storage_keys_are_sent_but_never_shown(
-    debug_logs: pytest.LogCaptureFixture,
+    debug_logs: pytest.LogCaptureFixture, telemetry: Telemetry
 ) -> None:
     storage = StorageConfig(
         type=StorageType.CUSTOM,
@@ -212,10 +273,11 @@ async def test_custom_storage_keys_are_sent_but_never_shown(
     assert (custom["AccessKey"], custom["SecretKey"]) == (STORAGE_AK, STORAGE_SK)
     # ... and shown nowhere.
     assert_no_leak(debug_logs, caught.value, storage, client, stats)
+    assert_no_leak_in_telemetry(telemetry)
 
 
 async def test_the_loopback_server_path_logs_nothing_secret(
-    debug_logs: pytest.LogCaptureFixture,
+    debug_logs: pytest.LogCaptureFixture, telemetry: Telemetry
 ) -> None:
     # Real sockets, so that httpx's and httpcore's own DEBUG logging runs too.
     emulator = make_emulator()
@@ -235,3 +297,4 @@ async def test_the_loopback_server_path_logs_nothing_secret(
     assert any(isinstance(e, (AuthenticationError, TransportError)) for e in errors)
     assert any(r.name.startswith("httpcore") for r in debug_logs.records)
     assert_no_leak(debug_logs, *errors)
+    assert_no_leak_in_telemetry(telemetry)
