@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._auth import UnsafeRedirectError, VolcengineAuth
-from ._caller import Backoff, ClientStats
+from ._caller import Backoff
 from ._client import SegmentClient
 from ._credentials import Credentials
 from ._endpoints import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT
@@ -67,6 +67,7 @@ from ._models import (
     Vendor,
     VodConfig,
 )
+from ._stats import ClientStats
 from ._version import __version__
 from ._watch import TaskWatch, WatchEvent
 

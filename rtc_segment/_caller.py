@@ -8,25 +8,22 @@ and *when*; they depend on the small :class:`Calls` protocol, never on httpx.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import random
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
 import attrs
 import httpx
 
+from ._budget import Budget, OutOfTime
 from ._compat import warm_up_http_stack
 from ._credentials import Credentials
 from ._errors import (
     ApiError,
     ClientClosedError,
     ClientTimeoutError,
-    DeadlineExceededError,
     RtcSegmentError,
     ThrottledError,
 )
@@ -34,10 +31,11 @@ from ._instrumentation import CallDetails, CallObservation, get_call_hooks
 from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._signing import Signer
+from ._stats import ClientStats, Counters, RecentWaits
 from ._version import __version__
 from ._wire import NOT_SENT, AttemptFailed, DirectSender, classify, read_capped, transport_error
 
-__all__ = ["Action", "Backoff", "Caller", "Calls", "ClientStats", "Parse"]
+__all__ = ["Action", "Backoff", "Caller", "Calls", "Parse"]
 
 logger = logging.getLogger("rtc_segment")
 _T = TypeVar("_T")
@@ -86,77 +84,6 @@ class Backoff:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.retry_after_cap)
         return rng.uniform(0.0, min(self.maximum, self.initial * (2 ** (retry - 1))))
-
-
-@attrs.frozen
-class ClientStats:
-    """A snapshot of a client's counters (``client.stats``)."""
-
-    requests_sent: int = 0
-    """Attempts handed to the transport, retries included."""
-    retries: int = 0
-    """Attempts that were retries of an earlier one."""
-    throttled: int = 0
-    """Answers that said the quota was exceeded."""
-    succeeded: int = 0
-    """Calls that returned a result."""
-    errors: Mapping[str, int] = attrs.field(factory=dict)
-    """Calls that failed, by error class name."""
-    in_flight: int = 0
-    """Requests holding a connection slot now (waiting for the limiter, or on the wire)."""
-    limiter_wait_p50: float | None = None
-    """Median seconds an attempt waited for its turn (a connection slot and the limiter;
-    fan-out and watch polls behind each other too), over the attempts of the last minute
-    (at most the last 4,096); ``None`` when there were none."""
-    limiter_wait_p99: float | None = None
-    """The 99th percentile of the same waits, in seconds."""
-    waiting_for_limiter: int = 0
-    """Calls waiting for their turn now (for a slot, the limiter, or behind other polls)."""
-
-
-@attrs.define
-class _Counters:
-    requests_sent: int = 0
-    retries: int = 0
-    throttled: int = 0
-    succeeded: int = 0
-    errors: Counter[str] = attrs.field(factory=Counter)
-
-
-# ClientStats' limiter wait percentiles cover this many seconds, and at most this many waits.
-_WAIT_WINDOW = 60.0
-_WAIT_SAMPLES = 4096
-
-
-class _RecentWaits:
-    """The waits for the limiter of the last minute: one append per attempt, sorted on read."""
-
-    __slots__ = ("_clock", "_samples")
-
-    def __init__(self) -> None:
-        # (when the turn came, seconds waited), oldest first; the bound caps the memory.
-        self._samples: deque[tuple[float, float]] = deque(maxlen=_WAIT_SAMPLES)
-        self._clock: Callable[[], float] | None = None
-
-    def add(self, clock: Callable[[], float], now: float, seconds: float) -> None:
-        self._clock = clock
-        self._samples.append((now, seconds))
-
-    def percentiles(self) -> tuple[float | None, float | None]:
-        """(p50, p99) of the waits of the last minute, by nearest rank."""
-        if self._clock is None:
-            return None, None
-        horizon = self._clock() - _WAIT_WINDOW
-        # A copy, not an iteration: the stats may be read from another thread (a progress
-        # display) while the loop appends.
-        recent = sorted(wait for when, wait in list(self._samples) if when >= horizon)
-        if not recent:
-            return None, None
-        return _nearest_rank(recent, 0.50), _nearest_rank(recent, 0.99)
-
-
-def _nearest_rank(ordered: list[float], fraction: float) -> float:
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 class Calls(Protocol):
@@ -222,14 +149,14 @@ class Caller:
         url = httpx.URL(base_url)
         self._server = (url.host, url.port or (443 if url.scheme == "https" else 80))
         self._rng = random.Random()
-        self._counters = _Counters()
+        self._counters = Counters()
         # Bounds in-flight requests to the pool size, *before* the limiter: a request that
         # got its limiter slot must never then wait for a connection, or sends would bunch up.
         self._slots = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
         self._in_flight = 0
         self._waiting = 0
-        self._waits = _RecentWaits()
+        self._waits = RecentWaits()
         self._timeout = timeout
         # What an attempt typically takes: a retry that cannot finish in the deadline left
         # is not started.
@@ -386,7 +313,7 @@ class Caller:
         limiter = self.limiter_for(action)
         counters = self._counters
         clock = asyncio.get_running_loop().time
-        budget = _Budget(clock, deadline)
+        budget = Budget(clock, deadline)
         attempt = 0
         resigned_for_clock = False
         may_have_arrived = False
@@ -397,10 +324,10 @@ class Caller:
                 metadata, result, status = await self._attempt(
                     action, query, key, body, limiter, bulk, budget, observation
                 )
-            except _OutOfTime as out:
+            except OutOfTime as out:
                 counters.errors["DeadlineExceededError"] += 1
                 raise budget.exceeded(
-                    action,
+                    action.name,
                     key,
                     attempt - (0 if out.sent else 1),
                     last_error,
@@ -435,7 +362,7 @@ class Caller:
                 if not budget.covers(delay + self._typical_round_trip):
                     counters.errors["DeadlineExceededError"] += 1
                     raise budget.exceeded(
-                        action, key, attempt, error, ambiguous=may_have_arrived
+                        action.name, key, attempt, error, ambiguous=may_have_arrived
                     ) from None
                 logger.debug(
                     "%s attempt %d failed (%s); retrying in %.3f s",
@@ -471,7 +398,7 @@ class Caller:
         body: bytes,
         limiter: RateLimiter,
         bulk: bool,
-        budget: _Budget,
+        budget: Budget,
         observation: CallObservation | None,
     ) -> tuple[ResponseMetadata, Any, int]:
         """One attempt: a slot, the limiter, a fresh signature, the exchange, the verdict."""
@@ -484,7 +411,7 @@ class Caller:
             except TimeoutError:
                 if not bound.expired():  # the limiter's own, not the deadline
                     raise
-                raise _OutOfTime(sent=False) from None
+                raise OutOfTime(sent=False) from None
         turn = budget.now()
         self._waits.add(budget.clock, turn, turn - asked)
         if observation is not None:
@@ -493,7 +420,7 @@ class Caller:
         try:
             self.check_open()
             if not budget.covers(0.0):  # the turn came just as the deadline ran out
-                raise _OutOfTime(sent=False)
+                raise OutOfTime(sent=False)
             # Signed after the wait, so X-Date is fresh on every attempt.
             signed = self._signer.sign(
                 method=action.method,
@@ -584,10 +511,10 @@ class Caller:
             raise
 
     def _timed_out(
-        self, action: str, key: TaskKey | None, budget: _Budget, limit: float
+        self, action: str, key: TaskKey | None, budget: Budget, limit: float
     ) -> Exception:
         if limit < self._timeout:  # the deadline, not the timeout, cut it short
-            return _OutOfTime(sent=True)
+            return OutOfTime(sent=True)
         return AttemptFailed(
             ClientTimeoutError(
                 f"no complete answer within the {self._timeout:g} s timeout",
@@ -641,76 +568,3 @@ def _feed_back(limiter: RateLimiter, hook: str, *args: float) -> None:
     observe = getattr(limiter, hook, None)
     if observe is not None:
         observe(*args)
-
-
-class _OutOfTime(Exception):
-    """The call's deadline ran out; ``sent`` tells whether the attempt had been sent."""
-
-    def __init__(self, *, sent: bool) -> None:
-        super().__init__()
-        self.sent = sent
-
-
-class _Budget:
-    """A call's deadline, and where its time went (for :class:`DeadlineExceededError`)."""
-
-    __slots__ = ("_clock", "_ends", "_seconds", "backing_off", "in_attempts", "queued")
-
-    def __init__(self, clock: Callable[[], float], seconds: float | None) -> None:
-        self._clock = clock
-        self._seconds = seconds
-        self._ends = None if seconds is None else clock() + seconds
-        self.queued = self.in_attempts = self.backing_off = 0.0
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._clock
-
-    def now(self) -> float:
-        return self._clock()
-
-    def remaining(self) -> float | None:
-        return None if self._ends is None else self._ends - self._clock()
-
-    def covers(self, seconds: float) -> bool:
-        """Whether ``seconds`` more still fit in the budget."""
-        left = self.remaining()
-        return left is None or seconds < left
-
-    def cap(self, seconds: float) -> float:
-        left = self.remaining()
-        return seconds if left is None else max(0.0, min(seconds, left))
-
-    def bound(self) -> asyncio.Timeout:
-        """A context that raises ``TimeoutError`` when the budget runs out."""
-        return asyncio.timeout_at(self._ends)
-
-    @contextlib.contextmanager
-    def spending(self, account: str) -> Iterator[None]:
-        started = self._clock()
-        try:
-            yield
-        finally:
-            setattr(self, account, getattr(self, account) + self._clock() - started)
-
-    def exceeded(
-        self,
-        action: Action,
-        key: TaskKey | None,
-        attempts: int,
-        last_error: RtcSegmentError | None,
-        *,
-        ambiguous: bool,
-    ) -> DeadlineExceededError:
-        error = DeadlineExceededError(
-            deadline=float(self._seconds or 0.0),
-            queued=self.queued,
-            in_attempts=self.in_attempts,
-            backing_off=self.backing_off,
-            last_error=last_error,
-            action=action.name,
-            key=key,
-            attempts=attempts,
-        )
-        error.ambiguous = ambiguous
-        return error

@@ -24,7 +24,7 @@ from ._actions import (
     update_segment_body,
 )
 from ._aiohttp import HTTP_BACKENDS, HttpBackend, aiohttp_transport
-from ._caller import Backoff, Caller, ClientStats
+from ._caller import Backoff, Caller
 from ._credentials import Credentials
 from ._endpoints import DEFAULT_ENDPOINT
 from ._fanout import OutcomeStream, gather_outcomes
@@ -43,6 +43,7 @@ from ._models import (
 from ._other_actions import call_action
 from ._scheduling import KeyLike, check_deadline
 from ._signing import check_scope
+from ._stats import ClientStats
 from ._validation import check_int, check_number, task_key
 from ._watch import TaskWatch, wait_for, watch_one
 from ._wire import check_endpoint

@@ -8,11 +8,11 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from .._caller import ClientStats
 from .._client import SegmentClient
 from .._converter import task_to_dict
 from .._errors import RtcSegmentError
 from .._models import SegmentTask, TaskKey, TaskOutcome
+from .._stats import ClientStats
 from ._context import Context, UsageError, make_client, open_input, run_until_interrupted
 from ._inputs import BadLine, InputFormatError, KeyLine, read_keys
 from ._progress import BarProgress, PlainProgress, ProgressReporter

@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .._caller import ClientStats
+from .._stats import ClientStats
 
 __all__ = ["BarProgress", "PlainProgress", "ProgressReporter", "SilentProgress"]
 

@@ -11,8 +11,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .._caller import ClientStats
 from .._models import SegmentTask, StorageConfig, StorageType, TaskKey, TaskStatus
+from .._stats import ClientStats
 
 __all__ = ["Tally", "action_confirmation", "summary_view", "task_view"]
 
