@@ -48,8 +48,13 @@ from ._models import (
 from ._polling import OutcomeStream, TaskWatch, WaitTimeoutError, WatchEvent
 from ._version import __version__
 
+# RedisRateLimiter and RedisLimiterStats are public but resolved lazily (__getattr__ below)
+# and left out of __all__: they need the optional `redis` package, and
+# `from rtc_segment import *` must work on an install without it. The redundant aliases
+# re-export them for type checkers.
 if TYPE_CHECKING:
-    from ._redis import RedisLimiterStats, RedisRateLimiter
+    from ._redis import RedisLimiterStats as RedisLimiterStats
+    from ._redis import RedisRateLimiter as RedisRateLimiter
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -68,8 +73,6 @@ __all__ = [
     "OutcomeStream",
     "RateLimiter",
     "RateLimiterUnavailable",
-    "RedisLimiterStats",
-    "RedisRateLimiter",
     "ResponseFormatError",
     "RtcSegmentError",
     "SegmentClient",
