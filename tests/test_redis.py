@@ -51,12 +51,33 @@ def require_redis_server() -> str:
     return REDIS_SERVER
 
 
-@pytest.fixture(scope="session")
-def redis_server(request: pytest.FixtureRequest) -> RedisExecutor:
-    """The session's redis-server (pytest-redis's ``redis_proc``, on a free port)."""
-    require_redis_server()
-    server: RedisExecutor = request.getfixturevalue("redis_proc")
+PRIVATE_PASSWORD = "hunter2-not-for-logs"
+
+
+def start_redis_server(datadir: Path, password: str | None = None) -> RedisExecutor:
+    """A redis-server (the one on PATH) on a free loopback port, started."""
+    server = RedisExecutor(
+        executable=require_redis_server(),
+        databases=1,
+        redis_timeout=15,
+        loglevel="warning",
+        host="127.0.0.1",
+        port=port_for.select_random(),
+        password=password,
+        datadir=datadir,
+    )
+    server.start()
     return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
+    """The session's redis-server, shared by the tests that do not stop it."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis-session"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -68,25 +89,10 @@ async def redis(redis_server: RedisExecutor) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-PRIVATE_PASSWORD = "hunter2-not-for-logs"
-
-
 @pytest.fixture
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
     """A redis-server of this test alone, which the test may stop, pause or restart."""
-    executable = require_redis_server()
-    datadir = tmp_path_factory.mktemp("redis")
-    server = RedisExecutor(
-        executable=executable,
-        databases=1,
-        redis_timeout=15,
-        loglevel="warning",
-        host="127.0.0.1",
-        port=port_for.select_random(),
-        password=PRIVATE_PASSWORD,
-        datadir=Path(datadir),
-    )
-    server.start()
+    server = start_redis_server(tmp_path_factory.mktemp("redis"), password=PRIVATE_PASSWORD)
     try:
         yield server
     finally:
