@@ -396,6 +396,7 @@ class AnswerDroppingProxy:
         self.client_left = asyncio.Event()
         self.late_answer = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
         self.port = 0
 
     async def __aenter__(self) -> AnswerDroppingProxy:
@@ -407,8 +408,18 @@ class AnswerDroppingProxy:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+        # Before Python 3.12 wait_closed() does not wait for the connections' handlers.
+        # Each ends once Redis closes its side, right after the test's clients closed.
+        if self._handlers:
+            done, pending = await asyncio.wait(self._handlers, timeout=10)
+            for handler in pending:
+                handler.cancel()
+            await asyncio.gather(*done, *pending, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection(self.upstream.host, self.upstream.port)
         script_sent = client_gone = False
