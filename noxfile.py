@@ -54,6 +54,7 @@ else:
 print("bare wheel:", __version__, "imports;", len(rtc_segment.__all__), "names in __all__")
 """
 
+nox.needs_version = ">=2025.10.14"  # options.download_python
 nox.options.sessions = [
     *(f"tests-{v}" for v in SUPPORTED),
     "lowest",
