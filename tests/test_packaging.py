@@ -114,8 +114,9 @@ def test_the_licence_file_matches_the_declared_licence() -> None:
 
 def test_the_installed_metadata_declares_the_same_licence_and_python() -> None:
     metadata = importlib.metadata.metadata("rtc-segment")
-    assert metadata["License-Expression"] == PROJECT["license"]
-    assert metadata["Requires-Python"] == PROJECT["requires-python"]
+    stale = "the installed metadata is older than pyproject.toml: pip install -e '.[test]'"
+    assert metadata["License-Expression"] == PROJECT["license"], stale
+    assert metadata["Requires-Python"] == PROJECT["requires-python"], stale
 
 
 def _direct_requirements() -> list[Requirement]:
