@@ -71,9 +71,14 @@ from ._stats import ClientStats
 from ._version import __version__
 from ._watch import TaskWatch, WatchEvent
 
+# RedisRateLimiter, RedisLimiterStats and OpenTelemetryHook are public but resolved lazily
+# (__getattr__ below) and left out of __all__: they need the optional `redis` /
+# `opentelemetry-api` packages, and `from rtc_segment import *` must work without them. The redundant aliases
+# re-export them for type checkers.
 if TYPE_CHECKING:
-    from ._otel import OpenTelemetryHook
-    from ._redis import RedisLimiterStats, RedisRateLimiter
+    from ._otel import OpenTelemetryHook as OpenTelemetryHook
+    from ._redis import RedisLimiterStats as RedisLimiterStats
+    from ._redis import RedisRateLimiter as RedisRateLimiter
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -97,12 +102,9 @@ __all__ = [
     "DeadlineExceededError",
     "InvalidParameterError",
     "LocalRateLimiter",
-    "OpenTelemetryHook",
     "OutcomeStream",
     "RateLimiter",
     "RateLimiterUnavailableError",
-    "RedisLimiterStats",
-    "RedisRateLimiter",
     "ResponseFormatError",
     "RetryDetails",
     "RtcSegmentError",

@@ -1,77 +1,29 @@
 """A rate limiter shared through Redis by every process of one account.
 
-The service's ceiling belongs to the Volcengine account, not to a process: every worker,
-process and host that calls ``GetSegmentTask`` with the same access key draws on the same
-60 requests per second. :class:`RedisRateLimiter` keeps that one budget in one Redis key.
-
-How it paces
-------------
-The key holds one number: the *theoretical arrival time* (TAT) of the next free send slot,
-in microseconds of the Redis server's clock. One Lua script (GCRA, virtual scheduling with a
-burst of one) runs atomically per acquisition:
-
-1. read the server's clock (``TIME``) -- client clocks never enter the calculation;
-2. take ``slot = max(TAT, now)`` and store ``TAT = slot + T``, where the emission interval
-   ``T = 1 / (utilization * qps)``; the key expires once idle;
-3. return ``slot - now``: how long the caller waits before it sends.
-
-Every reservation is a distinct slot at least ``T`` after the one before it, whichever
-process made it, so the spacing that :class:`~rtc_segment.LocalRateLimiter` guarantees
-inside one process holds across all of them: no sliding second holds more than ``qps``
-sends, and the ``1 - utilization`` margin (about 10 ms at 0.99) absorbs the jitter between
-when Redis hands out a slot and when the request reaches the service.
-
-Bounded, fair, cancellable
---------------------------
-Each limiter instance holds at most ``max_pending`` reservations at once, counting both
-Redis calls in flight and reserved slots being waited out. Thousands of waiters in one
-process therefore queue locally (in FIFO order) rather than opening thousands of Redis
-connections, and no process can reserve far ahead of the others: when several processes
-all have work, each re-reserves as soon as one of its slots is used, so slots go round
-the processes in turn and each gets an equal share. Slots are not reserved in batches
-for the same reasons -- a batch would let one busy process run ahead of the queue and
-would lose every slot in it on cancellation.
-
-A caller cancelled while it waits does not give its slot back: the slot is simply left
-unused (the ceiling is never exceeded by this, the account merely sends one request
-fewer). Nothing else is affected; the shared state is a single number that only the
-atomic script changes.
-
-When Redis fails
-----------------
-If Redis cannot be reached, times out (``redis_timeout``) or refuses the command, the
-limiter raises :class:`~rtc_segment.RateLimiterUnavailable` and nothing is sent. For
-``retry_interval`` seconds after a failure, further acquisitions fail at once rather
-than each waiting out its own timeout; then Redis is tried again.
-
-With ``fallback_fraction`` set, a failure instead switches this instance to local pacing
-at ``fallback_fraction * qps`` (a :class:`~rtc_segment.LocalRateLimiter`), logs one
-warning per outage, and tries Redis again every ``retry_interval`` seconds. Local pacing
-cannot see the other processes: choose a fraction no larger than one over the number of
-processes sharing the key, or the account can exceed its ceiling during an outage.
-
-The key
--------
-:meth:`RedisRateLimiter.key_for` derives the key from the account:
-``rtc_segment:ratelimit:<account fingerprint>:<action>``, where the fingerprint is the
-first 16 hex digits of the SHA-256 of the access key id. Only that hash and a timestamp
-are stored in Redis -- never a key id, a secret or a token. Any other string may be used
-as the key; every process that passes the same key shares one ceiling.
+:class:`RedisRateLimiter` keeps the account's one budget in one Redis key: an atomic Lua
+script (GCRA on the Redis server's clock) hands out send slots at least ``1 / rate`` apart
+to every process that shares the key. How it paces, why it is fair and bounded, what it does
+when a connection breaks or Redis is down, and how the key is derived are explained in
+``docs/design/redis-limiter.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 try:
-    from redis.exceptions import RedisError
+    from redis.asyncio.connection import ConnectionPool
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "RedisRateLimiter needs the 'redis' package: pip install 'rtc-segment[redis]'"
@@ -82,6 +34,7 @@ from ._limiting import LocalRateLimiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["RedisLimiterStats", "RedisRateLimiter"]
 
@@ -108,19 +61,23 @@ redis.call('SET', KEYS[1], string.format('%d', next_slot), 'PX', ttl_ms)
 return slot - now
 """
 
+#: The name EVALSHA knows the script by: Redis computes the same SHA-1 of its text.
+_GCRA_SHA = hashlib.sha1(_GCRA_SCRIPT.encode("utf-8"), usedforsecurity=False).hexdigest()
+
 #: What counts as "Redis is unavailable": the client's own errors (connection refused or
 #: reset, timeouts, authentication, pool exhausted, READONLY, OOM, LOADING, ...), raw
 #: socket errors, and our own deadline on the call.
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
+#: A connection that broke under a reservation (a Redis restart, a connection closed while
+#: idle, a reset): worth one retry on a new connection. redis-py reports these as its own
+#: ConnectionError; a raw socket error may still surface from the transport.
+_CONNECTION_LOST = (RedisConnectionError, ConnectionError)
+
 
 class _AccountCredentials(Protocol):
     @property
     def access_key_id(self) -> str: ...
-
-
-class _Script(Protocol):
-    async def __call__(self, keys: list[str], args: list[int]) -> Any: ...
 
 
 @attrs.frozen
@@ -149,11 +106,13 @@ class RedisRateLimiter:
     """Paces every process that shares ``key`` so that together they stay under ``qps``.
 
     A :class:`~rtc_segment.RateLimiter`: pass it as ``SegmentClient(limiter=...)`` in each
-    worker. See the module documentation for the algorithm and its guarantees.
+    worker. ``docs/design/redis-limiter.md`` explains the algorithm and its guarantees.
 
     Args:
-        redis: A ``redis.asyncio.Redis`` client (the ``redis`` extra). Its own timeouts
-            and pool are used as they are; this limiter never closes it.
+        redis: A ``redis.asyncio.Redis`` client (the ``redis`` extra). Its connection pool,
+            connection settings and timeouts are used as they are, not its retry settings:
+            a connection that breaks under a reservation is retried once, at once, on a new
+            connection, on every redis-py version. This limiter never closes the client.
         key: The Redis key holding the shared budget. Every process passing the same key
             shares one ceiling; use :meth:`key_for` to derive it from the account.
         qps: The ceiling in requests per second (the service allows 60 per account).
@@ -186,6 +145,7 @@ class RedisRateLimiter:
         retry_interval: float = 1.0,
         fallback_fraction: float | None = None,
     ) -> None:
+        pool = _connection_pool(redis)
         if not isinstance(key, str) or not key:
             raise ValueError("key must be a non-empty string")
         _check_positive("qps", qps)
@@ -218,14 +178,15 @@ class RedisRateLimiter:
         )
         # Never hold more Redis calls at once than the client's pool has connections:
         # beyond that redis-py fails the call ("Too many connections") instead of queueing.
-        pool_size = getattr(getattr(redis, "connection_pool", None), "max_connections", None)
+        pool_size = getattr(pool, "max_connections", None)
         if isinstance(pool_size, int) and pool_size > 0:
             max_pending = min(max_pending, pool_size)
         self._max_pending = max_pending
         self._pending = asyncio.Semaphore(max_pending)
-        # register_script keeps the SHA, calls EVALSHA and re-loads the script on NOSCRIPT
-        # (after a Redis restart or SCRIPT FLUSH).
-        self._script: _Script = redis.register_script(_GCRA_SCRIPT)
+        self._pool = pool
+        # Typed here: redis-py leaves get_connection unannotated.
+        self._get_connection: Callable[..., Awaitable[AbstractConnection]] = pool.get_connection
+        self._checkout_args = _checkout_args(pool)
         # Monotonic time before which Redis is not tried again; 0.0: no outage.
         self._retry_at = 0.0
         self._outage_warned = False
@@ -350,12 +311,29 @@ class RedisRateLimiter:
     async def _reserve(self) -> float:
         """Reserve the next slot: one atomic round trip. Returns the wait in seconds."""
         started = time.perf_counter()
-        wait_us = await asyncio.wait_for(
-            self._script([self._key], [self._interval_us]), self._redis_timeout
-        )
+        wait_us = await asyncio.wait_for(self._reserve_slot(), self._redis_timeout)
         self._redis_seconds += time.perf_counter() - started
         self._reservations += 1
-        return int(wait_us) / 1_000_000
+        return wait_us / 1_000_000
+
+    async def _reserve_slot(self) -> int:
+        """Run the script; if the connection broke, once more on a new connection.
+
+        The retry is ours, whatever the client's retry settings (see the design notes):
+        a Redis restart leaves every pooled connection dead, and the first command on one
+        fails. The retry reuses the same, now disconnected, connection object, so it always
+        runs on a new connection, never on another dead one from the pool. If the script
+        ran before the answer was lost, that slot stays unused and the retry reserves
+        another: at most one slot lost, never a send without a slot.
+        """
+        connection = await self._get_connection(*self._checkout_args)
+        try:
+            try:
+                return await _run_script(connection, self._key, self._interval_us)
+            except _CONNECTION_LOST:
+                return await _run_script(connection, self._key, self._interval_us)
+        finally:
+            await self._pool.release(connection)
 
     def _enter_outage(self, exc: BaseException) -> None:
         self._failures += 1
@@ -386,6 +364,50 @@ class RedisRateLimiter:
             f"utilization={self._utilization!r}, max_pending={self._max_pending!r}, "
             f"fallback_fraction={self._fallback_fraction!r})"
         )
+
+
+async def _run_script(connection: AbstractConnection, key: str, interval_us: int) -> int:
+    """One reservation on ``connection``: EVALSHA, or EVAL if Redis lacks the script.
+
+    The command goes to the connection directly, not through ``Redis.evalsha``, so that
+    redis-py's own retries (none in 5.0; three after random sleeps of up to seconds from
+    6.0 on) never decide how a broken connection is handled. A connection that is not
+    connected connects when the command is sent.
+    """
+    try:
+        try:
+            await connection.send_command("EVALSHA", _GCRA_SHA, 1, key, interval_us)
+            return int(await connection.read_response())
+        except NoScriptError:
+            # After a restart or SCRIPT FLUSH. EVAL runs the script and caches it again.
+            await connection.send_command("EVAL", _GCRA_SCRIPT, 1, key, interval_us)
+            return int(await connection.read_response())
+    except ResponseError:
+        raise  # an error answer was read in full: the connection is still in step
+    except BaseException:
+        # Interrupted mid-exchange (a broken connection, our deadline, a cancellation): an
+        # answer may still be on its way, and the next command must never read it.
+        await connection.disconnect(nowait=True)
+        raise
+
+
+def _connection_pool(redis: object) -> ConnectionPool:
+    """The asyncio connection pool of ``redis``, or a TypeError naming the argument."""
+    pool = getattr(redis, "connection_pool", None)
+    if not isinstance(pool, ConnectionPool):
+        raise TypeError(
+            "redis must be a redis.asyncio.Redis client (with a connection pool), "
+            f"not {type(redis).__module__}.{type(redis).__qualname__}"
+        )
+    return pool
+
+
+def _checkout_args(pool: ConnectionPool) -> tuple[str, ...]:
+    """The arguments ``pool.get_connection`` takes: a command name before redis-py 5.3,
+    which requires one, and nothing from 5.3 on, which deprecates it."""
+    parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+    required = parameter is not None and parameter.default is inspect.Parameter.empty
+    return ("EVALSHA",) if required else ()
 
 
 def _describe(exc: BaseException) -> str:

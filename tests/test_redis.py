@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -21,8 +23,12 @@ from typing import Any
 
 import port_for
 import pytest
+import redis as redis_py
 from pytest_redis.executor import RedisExecutor
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtc_segment._credentials import Credentials
 from rtc_segment._errors import RateLimiterUnavailable
@@ -45,12 +51,33 @@ def require_redis_server() -> str:
     return REDIS_SERVER
 
 
-@pytest.fixture(scope="session")
-def redis_server(request: pytest.FixtureRequest) -> RedisExecutor:
-    """The session's redis-server (pytest-redis's ``redis_proc``, on a free port)."""
-    require_redis_server()
-    server: RedisExecutor = request.getfixturevalue("redis_proc")
+PRIVATE_PASSWORD = "hunter2-not-for-logs"
+
+
+def start_redis_server(datadir: Path, password: str | None = None) -> RedisExecutor:
+    """A redis-server (the one on PATH) on a free loopback port, started."""
+    server = RedisExecutor(
+        executable=require_redis_server(),
+        databases=1,
+        redis_timeout=15,
+        loglevel="warning",
+        host="127.0.0.1",
+        port=port_for.select_random(),
+        password=password,
+        datadir=datadir,
+    )
+    server.start()
     return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
+    """The session's redis-server, shared by the tests that do not stop it."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis-session"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -62,25 +89,10 @@ async def redis(redis_server: RedisExecutor) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-PRIVATE_PASSWORD = "hunter2-not-for-logs"
-
-
 @pytest.fixture
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
     """A redis-server of this test alone, which the test may stop, pause or restart."""
-    executable = require_redis_server()
-    datadir = tmp_path_factory.mktemp("redis")
-    server = RedisExecutor(
-        executable=executable,
-        databases=1,
-        redis_timeout=15,
-        loglevel="warning",
-        host="127.0.0.1",
-        port=port_for.select_random(),
-        password=PRIVATE_PASSWORD,
-        datadir=Path(datadir),
-    )
-    server.start()
+    server = start_redis_server(tmp_path_factory.mktemp("redis"), password=PRIVATE_PASSWORD)
     try:
         yield server
     finally:
@@ -151,6 +163,12 @@ async def test_rejects_invalid_settings(
     settings: dict[str, Any] = {"key": "k", **kwargs}
     with pytest.raises(error):
         RedisRateLimiter(redis, **settings)
+
+
+@pytest.mark.parametrize("client", [redis_py.Redis(), object(), None])
+def test_rejects_a_client_that_is_not_an_asyncio_redis_client(client: object) -> None:
+    with pytest.raises(TypeError, match=r"redis must be a redis\.asyncio\.Redis client"):
+        RedisRateLimiter(client, key="k")  # type: ignore[arg-type]
 
 
 def test_key_identifies_the_account_and_action_without_revealing_credentials() -> None:
@@ -314,8 +332,24 @@ async def test_script_is_reloaded_after_script_flush(redis: Redis) -> None:
     assert limiter.stats.failures == 0
 
 
-async def test_survives_a_redis_restart(private_server: RedisExecutor) -> None:
-    client = private_client(private_server)
+#: Client retry settings the limiter must not depend on: none at all (redis-py 5.0's
+#: default), redis-py's default of the installed version, and a retry so slow that
+#: relying on it would outlast redis_timeout.
+CLIENT_RETRIES: dict[str, dict[str, Any]] = {
+    "no-client-retry": {"retry": Retry(NoBackoff(), 0)},
+    "client-default": {},
+    "slow-client-retry": {
+        "retry": Retry(ConstantBackoff(30), 3),
+        "retry_on_error": [RedisConnectionError],
+    },
+}
+
+
+@pytest.mark.parametrize("client_retry", CLIENT_RETRIES.values(), ids=CLIENT_RETRIES.keys())
+async def test_survives_a_redis_restart(
+    private_server: RedisExecutor, client_retry: dict[str, Any]
+) -> None:
+    client = private_client(private_server, **client_retry)
     try:
         limiter = RedisRateLimiter(client, key="restart", qps=500)
         await limiter.acquire()
@@ -324,6 +358,205 @@ async def test_survives_a_redis_restart(private_server: RedisExecutor) -> None:
         await limiter.acquire()
     finally:
         await client.aclose()
+    assert limiter.stats.reservations == 2
+
+
+@pytest.mark.parametrize("client_retry", CLIENT_RETRIES.values(), ids=CLIENT_RETRIES.keys())
+async def test_every_dead_pooled_connection_is_replaced_after_a_restart(
+    private_server: RedisExecutor, client_retry: dict[str, Any]
+) -> None:
+    client = private_client(private_server, **client_retry)
+    try:
+        limiter = RedisRateLimiter(client, key="restart-crowd", qps=1000, max_pending=8)
+        await acquire_all(limiter, 16)  # fills the pool with up to 8 connections
+        private_server.stop()
+        private_server.start()  # every pooled connection is now dead
+        released = await acquire_all(limiter, 40)
+    finally:
+        await client.aclose()
+    assert len(released) == 40
+    assert limiter.stats.failures == 0
+    assert limiter.stats.reservations == 56
+
+
+class AnswerDroppingProxy:
+    """A TCP proxy in front of Redis that can lose the answers to the next scripts.
+
+    With ``drop`` set to n, each of the next n script commands (EVALSHA/EVAL) reaches Redis
+    and runs, and then the proxy closes that connection instead of passing the answer on:
+    what a client sees when Redis restarts or the network fails between the two. When a
+    client leaves, Redis still gets what it was sent, and an answer that comes after the
+    client left sets ``late_answer``.
+    """
+
+    def __init__(self, upstream: RedisExecutor) -> None:
+        self.upstream = upstream
+        self.drop = 0
+        self.connections = 0
+        self.client_left = asyncio.Event()
+        self.late_answer = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self.port = 0
+
+    async def __aenter__(self) -> AnswerDroppingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        # Before Python 3.12 wait_closed() does not wait for the connections' handlers.
+        # Each ends once Redis closes its side, right after the test's clients closed.
+        if self._handlers:
+            done, pending = await asyncio.wait(self._handlers, timeout=10)
+            for handler in pending:
+                handler.cancel()
+            await asyncio.gather(*done, *pending, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(self.upstream.host, self.upstream.port)
+        script_sent = client_gone = False
+
+        async def to_redis() -> None:
+            nonlocal script_sent, client_gone
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if self.drop and (b"EVALSHA" in data or b"\r\nEVAL\r\n" in data):
+                        self.drop -= 1
+                        script_sent = True
+                    up_writer.write(data)
+                    await up_writer.drain()
+            client_gone = True
+            self.client_left.set()
+            up_writer.write_eof()  # Redis still answers what it was sent, then closes
+
+        async def to_client() -> None:
+            while answer := await up_reader.read(65536):
+                if client_gone:
+                    self.late_answer.set()
+                elif script_sent:
+                    return  # the script ran; its answer is lost with the connection
+                else:
+                    writer.write(answer)
+                    await writer.drain()
+
+        sending = asyncio.create_task(to_redis())
+        try:
+            await to_client()
+        finally:
+            sending.cancel()
+            for stream in (writer, up_writer):
+                stream.close()
+                with contextlib.suppress(OSError):
+                    await stream.wait_closed()
+
+
+async def next_slot(redis: Redis, key: str) -> int:
+    """The key's next free slot (its theoretical arrival time), in Redis microseconds."""
+    return int(await redis.get(key) or 0)
+
+
+async def schedule_next_slot(redis: Redis, key: str, ahead: float) -> int:
+    """Put the key's next free slot ``ahead`` seconds from Redis's now; return it."""
+    seconds, micros = await redis.time()
+    slot = seconds * 1_000_000 + micros + int(ahead * 1_000_000)
+    await redis.set(key, slot, px=10_000)
+    return slot
+
+
+async def test_a_lost_answer_costs_one_slot_and_is_retried_on_a_new_connection(
+    private_server: RedisExecutor,
+) -> None:
+    direct = private_client(private_server)
+    async with AnswerDroppingProxy(private_server) as proxy:
+        client = Redis(host="127.0.0.1", port=proxy.port, password=PRIVATE_PASSWORD)
+        try:
+            limiter = RedisRateLimiter(client, key="lost", qps=100)
+            interval_us = math.ceil(1_000_000 / limiter.rate)
+            await limiter.acquire()  # loads the script, opens the first connection
+            first = await schedule_next_slot(direct, "lost", ahead=0.2)
+            proxy.drop = 1
+            await limiter.acquire()
+            after = await next_slot(direct, "lost")
+        finally:
+            await client.aclose()
+            await direct.aclose()
+    # The lost answer's slot (first) stays unused; the retry got the one after it, and
+    # the acquisition returned once: one request sent, on a slot of its own.
+    assert after == first + 2 * interval_us
+    assert proxy.drop == 0
+    assert proxy.connections == 2  # the retry ran on a new connection
+    assert limiter.stats.reservations == 2
+    assert limiter.stats.failures == 0
+
+
+async def test_a_connection_lost_twice_is_an_outage_and_nothing_is_sent(
+    private_server: RedisExecutor,
+) -> None:
+    direct = private_client(private_server)
+    async with AnswerDroppingProxy(private_server) as proxy:
+        client = Redis(host="127.0.0.1", port=proxy.port, password=PRIVATE_PASSWORD)
+        try:
+            limiter = RedisRateLimiter(client, key="lost-twice", qps=100)
+            interval_us = math.ceil(1_000_000 / limiter.rate)
+            await limiter.acquire()
+            first = await schedule_next_slot(direct, "lost-twice", ahead=0.2)
+            proxy.drop = 2
+            with pytest.raises(RateLimiterUnavailable, match="not sent"):
+                await limiter.acquire()
+            after = await next_slot(direct, "lost-twice")
+        finally:
+            await client.aclose()
+            await direct.aclose()
+    # One retry only: two slots reserved and lost, none used, no third attempt.
+    assert after == first + 2 * interval_us
+    assert proxy.drop == 0
+    assert proxy.connections == 2
+    assert limiter.stats.failures == 1
+    assert limiter.stats.reservations == 1
+
+
+async def test_a_late_answer_is_never_read_by_the_next_reservation(
+    private_server: RedisExecutor,
+) -> None:
+    assert private_server.process is not None
+    direct = private_client(private_server)
+    async with AnswerDroppingProxy(private_server) as proxy:
+        client = Redis(host="127.0.0.1", port=proxy.port, password=PRIVATE_PASSWORD)
+        try:
+            limiter = RedisRateLimiter(
+                client, key="late", qps=100, redis_timeout=0.3, retry_interval=0.001
+            )
+            interval_us = math.ceil(1_000_000 / limiter.rate)
+            await limiter.acquire()
+            os.kill(private_server.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RateLimiterUnavailable, match="timed out"):
+                    await limiter.acquire()  # its script waits in Redis's socket buffer
+                await proxy.client_left.wait()
+            finally:
+                os.kill(private_server.process.pid, signal.SIGCONT)
+            # Redis, running again, runs that script and answers it, too late.
+            await proxy.late_answer.wait()
+            first = await schedule_next_slot(direct, "late", ahead=0.2)
+            await limiter.acquire()
+            after = await next_slot(direct, "late")
+        finally:
+            await client.aclose()
+            await direct.aclose()
+    # The timed-out exchange's connection was dropped, not handed to the next caller
+    # (which would have read the late answer as its own): a new connection, whose
+    # reservation took the slot after the one scheduled.
+    assert proxy.connections == 2
+    assert after == first + interval_us
+    assert limiter.stats.failures == 1
     assert limiter.stats.reservations == 2
 
 
