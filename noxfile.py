@@ -34,7 +34,7 @@ PYTEST = ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
 # .ci/run, examples/, pyproject.toml, LICENSE, tests/data) and a share of the rest.
 SDIST_SAMPLE = (
     "tests/test_packaging.py",
-    "tests/test_readme.py",
+    "tests/test_signing.py",
     "tests/test_webapp_example.py",
     "tests/test_converter.py",
     "tests/test_credentials.py",

@@ -73,8 +73,8 @@ from ._watch import TaskWatch, WatchEvent
 
 # RedisRateLimiter, RedisLimiterStats and OpenTelemetryHook are public but resolved lazily
 # (__getattr__ below) and left out of __all__: they need the optional `redis` /
-# `opentelemetry-api` packages, and `from rtc_segment import *` must work without them. The redundant aliases
-# re-export them for type checkers.
+# `opentelemetry-api` packages, and `from rtc_segment import *` must work without them.
+# The redundant aliases re-export them for type checkers.
 if TYPE_CHECKING:
     from ._otel import OpenTelemetryHook as OpenTelemetryHook
     from ._redis import RedisLimiterStats as RedisLimiterStats

@@ -29,8 +29,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "RedisRateLimiter needs the 'redis' package: pip install 'rtc-segment[redis]'"
     ) from exc
 
-from ._errors import RateLimiterUnavailable
+from ._errors import RateLimiterUnavailableError
 from ._limiting import LocalRateLimiter
+from ._pacing import STARTING_MARGIN, JitterMargin, paced_rate
+from ._validation import check_int, check_number
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -116,18 +118,22 @@ class RedisRateLimiter:
         key: The Redis key holding the shared budget. Every process passing the same key
             shares one ceiling; use :meth:`key_for` to derive it from the account.
         qps: The ceiling in requests per second (the service allows 60 per account).
-        utilization: Fraction of ``qps`` actually used, in (0, 1); the rest absorbs the
-            jitter between reserving a slot and the request's arrival.
+        utilization: ``None`` (the default) adapts, like :class:`LocalRateLimiter`: the
+            slots stay shared, and each process spaces the slots it reserves by a margin
+            learnt from its own round trips (:meth:`observe_round_trip`) and widened at
+            once by a throttled answer (:meth:`observe_throttle`). A fraction in (0, 1)
+            fixes the spacing at ``1 / (utilization * qps)`` instead (0.1's behaviour, at
+            0.99).
         max_pending: The most reservations this instance holds at once (Redis calls in
             flight plus reserved slots being waited out); further callers queue locally.
             Capped at the client's connection pool size. The default keeps up with round
-            trips of up to about ``(max_pending - 1) / (utilization * qps)`` seconds.
+            trips of up to about ``(max_pending - 1) / rate`` seconds.
         redis_timeout: Deadline for one Redis round trip, in seconds, after which Redis
             counts as unavailable.
         retry_interval: After a failure, how long (seconds) to fail fast -- or pace
             locally -- before trying Redis again.
         fallback_fraction: ``None`` (the default) raises
-            :class:`~rtc_segment.RateLimiterUnavailable` when Redis is unavailable, and
+            :class:`~rtc_segment.RateLimiterUnavailableError` when Redis is unavailable, and
             nothing is sent. A fraction in (0, 1] paces this instance locally at
             ``fallback_fraction * qps`` during the outage instead, with one warning per
             outage. Keep it at or below one over the number of processes sharing the key.
@@ -139,7 +145,7 @@ class RedisRateLimiter:
         *,
         key: str,
         qps: float = 60.0,
-        utilization: float = 0.99,
+        utilization: float | None = None,
         max_pending: int = 8,
         redis_timeout: float = 1.0,
         retry_interval: float = 1.0,
@@ -148,33 +154,41 @@ class RedisRateLimiter:
         pool = _connection_pool(redis)
         if not isinstance(key, str) or not key:
             raise ValueError("key must be a non-empty string")
-        _check_positive("qps", qps)
-        _check_positive("redis_timeout", redis_timeout)
-        _check_positive("retry_interval", retry_interval)
-        if isinstance(utilization, bool) or not isinstance(utilization, (int, float)):
-            raise TypeError(f"utilization must be a number, not {type(utilization).__name__}")
-        if not 0 < utilization < 1:
-            raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"max_pending must be a positive integer, got {max_pending!r}")
+        check_number("qps", qps, positive=True)
+        check_number("redis_timeout", redis_timeout, positive=True)
+        check_number("retry_interval", retry_interval, positive=True)
+        if utilization is not None:
+            check_number("utilization", utilization)
+            if not 0 < utilization < 1:
+                raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
+        check_int("max_pending", max_pending, minimum=1, type_error=ValueError)
         if fallback_fraction is not None:
-            _check_positive("fallback_fraction", fallback_fraction)
+            check_number("fallback_fraction", fallback_fraction, positive=True)
             if fallback_fraction > 1:
                 raise ValueError(f"fallback_fraction must be in (0, 1], got {fallback_fraction!r}")
 
         self._redis = redis
         self._key = key
         self._qps = float(qps)
-        self._utilization = float(utilization)
-        # Whole microseconds, rounded up: truncation in Lua must never shorten the spacing.
-        self._interval_us = math.ceil(1_000_000 / (self._qps * self._utilization))
+        self._utilization = None if utilization is None else float(utilization)
+        # The margin is this process's; the slots are everyone's. GCRA with a burst of one
+        # needs no slack: 1 + (1 + margin) * rate < qps + 1.
+        self._margin = JitterMargin()
+        self._rate = (
+            self._qps * self._utilization
+            if self._utilization is not None
+            else paced_rate(self._qps, 0.0, STARTING_MARGIN)
+        )
+        self._interval_us = _interval_us(self._rate)
         self._redis_timeout = float(redis_timeout)
         self._retry_interval = float(retry_interval)
         self._fallback_fraction = fallback_fraction
         self._fallback = (
             None
             if fallback_fraction is None
-            else LocalRateLimiter(self._qps * fallback_fraction, utilization=self._utilization)
+            else LocalRateLimiter(
+                self._qps * fallback_fraction, utilization=self._utilization or 0.99
+            )
         )
         # Never hold more Redis calls at once than the client's pool has connections:
         # beyond that redis-py fails the call ("Too many connections") instead of queueing.
@@ -241,8 +255,30 @@ class RedisRateLimiter:
 
     @property
     def rate(self) -> float:
-        """The sustained send rate of all processes together: ``utilization * qps``."""
-        return self._qps * self._utilization
+        """The rate this process spaces its reservations at, in requests per second
+        (``utilization * qps`` when fixed; below ``qps`` by the learnt margin otherwise)."""
+        return self._rate
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the spacing follows the observed path (``utilization=None``)."""
+        return self._utilization is None
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """Feedback from a client: one request took ``seconds`` from send to answer."""
+        if self._utilization is None and self._margin.record(seconds):
+            self._repace()
+
+    def observe_throttle(self) -> None:
+        """Feedback from a client: the service said the quota was exceeded."""
+        if self._utilization is None:
+            self._margin.throttled(time.monotonic())
+            self._repace()
+
+    def _repace(self) -> None:
+        margin = self._margin.margin(time.monotonic())
+        self._rate = paced_rate(self._qps, 0.0, margin)
+        self._interval_us = _interval_us(self._rate)
 
     @property
     def key(self) -> str:
@@ -263,7 +299,7 @@ class RedisRateLimiter:
         """Wait until one more request may be sent without exceeding the shared ceiling.
 
         Raises:
-            RateLimiterUnavailable: Redis is unavailable and no fallback is configured.
+            RateLimiterUnavailableError: Redis is unavailable and no fallback is configured.
                 Nothing may be sent.
         """
         while True:
@@ -291,7 +327,7 @@ class RedisRateLimiter:
                             if probe:
                                 self._probing = False
             if self._fallback is None:
-                raise RateLimiterUnavailable(
+                raise RateLimiterUnavailableError(
                     f"the shared rate limiter could not reach Redis ({self._last_failure}); "
                     "the request was not sent"
                 )
@@ -410,6 +446,12 @@ def _checkout_args(pool: ConnectionPool) -> tuple[str, ...]:
     return ("EVALSHA",) if required else ()
 
 
+def _interval_us(rate: float) -> int:
+    """Whole microseconds between slots, rounded up: truncation in Lua must never shorten
+    the spacing."""
+    return math.ceil(1_000_000 / rate)
+
+
 def _describe(exc: BaseException) -> str:
     """Name a Redis failure for a message.
 
@@ -420,10 +462,3 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
