@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 
@@ -45,7 +45,7 @@ def _signed(host: str) -> tuple[str, dict[str, str]]:
             "RoomId": KEY[1],
             "TaskId": KEY[2],
         },
-        now=datetime.now(timezone.utc),
+        now=datetime.now(UTC),
     )
     return f"/?{signed.query_string}", signed.headers
 

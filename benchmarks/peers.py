@@ -45,6 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datetime import UTC
+
 import httpx
 import parsing
 import signing
@@ -200,9 +202,9 @@ def _presigned(url: str, key: TaskKey) -> tuple[str, dict[str, str]]:
 
 
 def _utc_now() -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _bare_transport(backend: str) -> httpx.AsyncBaseTransport | None:

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,7 +44,7 @@ def ours_signer() -> Callable[[], object]:
     signer = Signer(Credentials(AK, SK), region=REGION, service=SERVICE)
 
     def call() -> object:
-        return signer.sign(method="GET", host=HOST, query=QUERY, now=datetime.now(timezone.utc))
+        return signer.sign(method="GET", host=HOST, query=QUERY, now=datetime.now(UTC))
 
     return call
 
@@ -56,7 +56,7 @@ def ours_sign_headers() -> Callable[[], object]:
 
     def call() -> object:
         return signer.sign_headers(
-            method="GET", query=QUERY, headers=headers, now=datetime.now(timezone.utc)
+            method="GET", query=QUERY, headers=headers, now=datetime.now(UTC)
         )
 
     return call

@@ -10,7 +10,7 @@ the caller can still see the value.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import attrs
@@ -142,8 +142,8 @@ class StopReason(str, enum.Enum):
         return self._name_ in type(self).__members__
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MAX_MS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _ms_to_datetime(ms: int) -> datetime | None:

@@ -28,7 +28,7 @@ import hmac
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from operator import itemgetter
 from typing import TypeAlias
@@ -130,12 +130,12 @@ def format_x_date(now: datetime) -> str:
     Raises:
         ValueError: ``now`` is naive (its instant would be a guess).
     """
-    if now.tzinfo is timezone.utc:
+    if now.tzinfo is UTC:
         utc = now  # the common case (datetime.now(timezone.utc)): skip the conversion
     elif now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
     else:
-        utc = now.astimezone(timezone.utc)
+        utc = now.astimezone(UTC)
     if utc.year < 1000:
         # strftime does not zero-pad such years; neither does the SDK, so do as it does.
         return utc.strftime(X_DATE_FORMAT)
@@ -155,7 +155,7 @@ def parse_x_date(value: str) -> datetime | None:
     if len(value) != 16:
         return None
     try:
-        return datetime.strptime(value, X_DATE_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(value, X_DATE_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 

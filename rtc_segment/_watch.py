@@ -146,7 +146,7 @@ async def wait_for(
         return await until_terminal()
     try:
         return await asyncio.wait_for(until_terminal(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise WaitTimeoutError(
             key, timeout=float(timeout), last_task=seen.task, last_error=seen.error
         ) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -84,7 +84,7 @@ async def send_signed(
         query=dict(query),
         body=content,
         content_type=None if body is None else "application/json",
-        now=now or datetime.now(timezone.utc),
+        now=now or datetime.now(UTC),
     )
     return await http.request(
         method, f"/?{signed.query_string}", headers=signed.headers, content=content or None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ DATA = Path(__file__).parent / "data"
 VECTORS_PATH = DATA / "signing-vectors.json"
 #: The vectors made with the official SDK (tests/data/make_signing_vectors.py rebuilds them).
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["vectors"]
-UTC = timezone.utc
+UTC = UTC
 
 
 def vector_params(vectors: list[dict[str, Any]]) -> list[Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -34,7 +34,7 @@ from rtc_segment import (
 
 CREDENTIALS = Credentials("AKLTtestAccessKey", "c2VjcmV0")
 ENDPOINT = "https://rtc.volcengineapi.com"
-NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=UTC)
 TOS = StorageConfig(type=StorageType.TOS, tos_config=TosConfig(account_id="2100", bucket="b"))
 
 

@@ -12,7 +12,7 @@ import json
 import re
 import runpy
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from rtc_segment._auth import UnsafeRedirectError
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
 from rtc_segment.testing._auth import AccessKey, RequestView, authenticate
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=UTC)
 SECRET = "c2VjcmV0LW5ldmVyLXByaW50ZWQ="
 TOKEN = "STS.session-token-never-printed"

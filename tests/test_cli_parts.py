@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from rich.console import Console
@@ -161,7 +161,7 @@ def test_task_view_shows_times_in_utc_and_the_storage() -> None:
             type=StorageType.TOS, tos_config=TosConfig(bucket="slices", region=0)
         ),
     )
-    text = render(task_view(TaskKey("a", "r", "t"), task, now=datetime.now(timezone.utc)))
+    text = render(task_view(TaskKey("a", "r", "t"), task, now=datetime.now(UTC)))
     assert "ENDED" in text
     assert "IdleTimeOut" in text
     assert "2023-11-14 22:13:20 UTC" in text
@@ -172,7 +172,7 @@ def test_task_view_shows_times_in_utc_and_the_storage() -> None:
 
 def test_running_task_duration_counts_to_now() -> None:
     task = SegmentTask(start_time=1_700_000_000_000, status=TaskStatus.RUNNING)
-    now = datetime.fromtimestamp(1_700_000_000 + 125, tz=timezone.utc)
+    now = datetime.fromtimestamp(1_700_000_000 + 125, tz=UTC)
     assert "2m 05s so far" in render(task_view(TaskKey("a", "r", "t"), task, now=now))
 
 

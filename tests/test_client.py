@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -33,7 +33,7 @@ from rtc_segment._wire import MAX_RESPONSE_BYTES
 
 CREDENTIALS = Credentials("AKLTtestAccessKey", "c2VjcmV0LWNhbmFyeS1zZWNyZXQ=")
 ENDPOINT = "https://rtc.volcengineapi.com"
-NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=UTC)
 
 TASK_JSON: dict[str, Any] = {
     "StartTime": 1677477732000,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -96,14 +96,14 @@ class TestTimes:
     def test_milliseconds_are_kept_and_time_is_utc(self) -> None:
         task = SegmentTask(start_time=1677477732123, end_time=1677477792000)
         started = task.started_at
-        assert started == datetime(2023, 2, 27, 6, 2, 12, 123000, tzinfo=timezone.utc)
+        assert started == datetime(2023, 2, 27, 6, 2, 12, 123000, tzinfo=UTC)
         assert started is not None
         assert started.utcoffset() == timedelta(0)
-        assert task.ended_at == datetime(2023, 2, 27, 6, 3, 12, tzinfo=timezone.utc)
+        assert task.ended_at == datetime(2023, 2, 27, 6, 3, 12, tzinfo=UTC)
 
     def test_times_beyond_datetime_range_are_none_not_errors(self) -> None:
         task = SegmentTask(start_time=253402300799999, end_time=2**62)
-        assert task.started_at == datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)
+        assert task.started_at == datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
         assert task.ended_at is None
         assert task.end_time == 2**62
 

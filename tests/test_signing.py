@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.util
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from types import ModuleType
 from typing import Any
 
@@ -55,7 +55,7 @@ from rtc_segment.testing._auth import (
     parse_authorization,
 )
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2024, 3, 5, 7, 8, 9, tzinfo=UTC)
 AK = "AKLTtestAccessKeyId"
 SK = "dGVzdC1zZWNyZXQtbmV2ZXItaW4tcmVwcg=="

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from _emulator_support import ManualClock
@@ -11,7 +11,7 @@ from rtc_segment import SegmentTask, StopReason, TaskKey, TaskStatus
 from rtc_segment.testing import Lifecycle
 from rtc_segment.testing._state import TaskHandle, TaskStore, register
 
-EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 KEY = TaskKey("app", "room", "task")
 OTHER = TaskKey("app", "room", "other")
 

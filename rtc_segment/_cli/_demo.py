@@ -180,7 +180,7 @@ async def _watch(
 
     try:
         await asyncio.wait_for(follow(), DEMO_WATCH_LIMIT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         terminal.warn(f"rtc-segment demo: stopped watching after {DEMO_WATCH_LIMIT:g} s")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 from rich.console import Group, RenderableType
@@ -29,7 +29,7 @@ def _format_time(moment: datetime | None) -> RenderableType:
     if moment is None:
         return _NONE
     local = moment.astimezone()
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return Text.assemble(
         local.strftime("%Y-%m-%d %H:%M:%S %Z"),
         (f"  ({utc.strftime('%Y-%m-%d %H:%M:%S')} UTC)", "dim"),
@@ -95,7 +95,7 @@ def _optional(value: object, unit: str = "") -> RenderableType:
 
 def task_view(key: TaskKey, task: SegmentTask, *, now: datetime | None = None) -> RenderableType:
     """A two-column summary of ``task``: status, times (local and UTC), streams, storage."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()

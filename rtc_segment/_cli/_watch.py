@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 
@@ -26,7 +26,7 @@ def event_record(line: int | None, event: WatchEvent) -> dict[str, object]:
     record = key_record(line, event.key)
     record["event"] = "state" if event.task is not None else "error"
     record["final"] = event.final
-    record["observed_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    record["observed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
     if event.task is not None:
         from .._converter import task_to_dict
 

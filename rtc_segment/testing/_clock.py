@@ -16,7 +16,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["RESOLUTION", "StitchedClock", "anchored_wall_clock"]
 
@@ -65,7 +65,7 @@ def anchored_wall_clock(monotonic: Callable[[], float]) -> Callable[[], datetime
     So that under virtual time the tasks' ``StartTime``/``EndTime`` and the ``X-Date``
     check move with the loop, not with the machine's clock.
     """
-    anchor_wall = datetime.now(timezone.utc)
+    anchor_wall = datetime.now(UTC)
     anchor = monotonic()
 
     def wall_clock() -> datetime:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable
 
 import httpx
@@ -52,7 +51,7 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
         started = loop.time()
         try:
             answer = await _within(read_timeout, self.handler.handle(received))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from None
         if answer.delay > 0:
             remaining = None if read_timeout is None else read_timeout - (loop.time() - started)
@@ -73,11 +72,7 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
 
 
 async def _within(timeout: float | None, answer: Awaitable[Answer]) -> Answer:
-    """``await answer``, giving up (``asyncio.TimeoutError``) after ``timeout`` seconds."""
-    if timeout is None:
+    """``await answer``, giving up (``TimeoutError``) after ``timeout`` seconds."""
+    # No extra task per request, unlike wait_for before 3.12.
+    async with asyncio.timeout(timeout):
         return await answer
-    if sys.version_info >= (3, 11):
-        # No extra task per request, unlike wait_for before 3.12.
-        async with asyncio.timeout(timeout):
-            return await answer
-    return await asyncio.wait_for(answer, timeout)

@@ -100,7 +100,7 @@ async def call(transport: ScriptedTransport, *, max_retries: int = 1) -> object:
     ) as client:
         try:
             return await asyncio.wait_for(client.get_segment_task(*KEY), CALL_DEADLINE)
-        except asyncio.TimeoutError:  # pragma: no cover - the failure this guards against
+        except TimeoutError:  # pragma: no cover - the failure this guards against
             pytest.fail("the call hung on a hostile response")
         except BaseException as exc:
             return exc
