@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: the emulator served from its own process, and medians.
+"""Shared benchmark helpers: the emulator served from its own process, signed requests for
+the bare-httpx peers, medians and a plain table printer.
 
 The server runs in a separate process so that client and server do not share one event
 loop or one GIL: with both in one process, every client-side microsecond would also slow
@@ -9,17 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import platform
 import statistics
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtc_segment import TaskKey
-from rtc_segment.testing import Emulator
+from rtc_segment._signing import Signer
+from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Latency
 
 APP_ID = "bench-app"
 
@@ -41,6 +48,54 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[index]
 
 
+def bench_signer() -> Signer:
+    """A signer for the emulator's default key pair, as a peer built on bare httpx uses it."""
+    return Signer(DEFAULT_CREDENTIALS, region="cn-north-1", service="rtc")
+
+
+def signed_get(signer: Signer, url: str, key: TaskKey) -> tuple[str, dict[str, str]]:
+    """A GetSegmentTask of ``key`` at ``url`` signed now: the full URL and the headers."""
+    query = {
+        "Action": "GetSegmentTask",
+        "Version": "2022-06-01",
+        "AppId": key.app_id,
+        "RoomId": key.room_id,
+        "TaskId": key.task_id,
+    }
+    host = url.split("://", 1)[1]
+    signed = signer.sign(method="GET", host=host, query=query, now=datetime.now(UTC))
+    return f"{url}/?{signed.query_string}", signed.headers
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print ``rows`` under ``columns``, aligned; a one-cell row is a section title."""
+    full = [row for row in rows if len(row) > 1]
+    widths = [max(len(col), *(len(row[i]) for row in full)) for i, col in enumerate(columns)]
+    line = "  ".join(f"{col:<{w}}" for col, w in zip(columns, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        if len(row) == 1:
+            print(row[0])
+            continue
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def describe_machine() -> str:
+    """Python, OS, CPUs, memory and httpx version: the line above every table."""
+    try:
+        import psutil
+
+        memory = f", {psutil.virtual_memory().total / 2**30:.1f} GiB RAM"
+    except ImportError:
+        memory = ""
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs ({cpu}){memory}; httpx {httpx.__version__}"
+    )
+
+
 def _serve(conn: Connection, tasks: int) -> None:
     """The server process: the emulator on 127.0.0.1, driven by commands on ``conn``."""
 
@@ -59,6 +114,8 @@ def _serve(conn: Connection, tasks: int) -> None:
                 if command == "configure":
                     emulator.qps = arguments["qps"]
                     emulator.latency = arguments["latency"]
+                    jitter = arguments["forward_jitter"]
+                    emulator.forward_delay = Latency.uniform(0.0, jitter) if jitter else None
                     emulator.reset_record()
                     conn.send(None)
                 elif command == "stats":
@@ -80,8 +137,8 @@ class EmulatorProcess:
     """The emulator's loopback server in a child process.
 
     ``with EmulatorProcess(tasks=1000) as server:`` -- ``server.url`` is the endpoint;
-    :meth:`configure` sets the ceiling and latency (and clears the record), :meth:`stats`
-    reads the record.
+    :meth:`configure` sets the ceiling, latency and forward jitter (and clears the record),
+    :meth:`stats` reads the record.
     """
 
     def __init__(self, *, tasks: int) -> None:
@@ -111,9 +168,13 @@ class EmulatorProcess:
         self._conn.send((command, arguments))
         return self._conn.recv()
 
-    def configure(self, *, qps: float | None, latency: float) -> None:
-        """Set the server's ceiling (``None``: off) and latency; forget the record."""
-        self._call("configure", {"qps": qps, "latency": latency})
+    def configure(self, *, qps: float | None, latency: float, forward_jitter: float = 0.0) -> None:
+        """Set the server's ceiling (``None``: off), latency and forward jitter; forget the record.
+
+        With ``forward_jitter`` J > 0 every request reaches the service (and is counted
+        against the ceiling) after a delay drawn uniformly from 0..J seconds: a jittery path.
+        """
+        self._call("configure", {"qps": qps, "latency": latency, "forward_jitter": forward_jitter})
 
     def stats(self) -> dict[str, int]:
         """Requests seen, throttled, and the most arrivals in any sliding second."""

@@ -33,8 +33,6 @@ import asyncio
 import concurrent.futures
 import gc
 import json
-import os
-import platform
 import sys
 import threading
 import time
@@ -45,15 +43,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datetime import UTC
-
 import httpx
 import parsing
 import signing
-from _common import EmulatorProcess, median, percentile, task_keys
+from _common import (
+    EmulatorProcess,
+    bench_signer,
+    describe_machine,
+    median,
+    percentile,
+    print_table,
+    signed_get,
+    task_keys,
+)
 
 from rtc_segment import SegmentClient, TaskKey
-from rtc_segment._signing import Signer
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
 
 BACKENDS = ("httpcore", "aiohttp")
@@ -98,18 +102,7 @@ class Table:
         self.rows.append((name, result, compared, ratio, goal, verdict))
 
     def print(self) -> None:
-        full = [row for row in self.rows if len(row) > 1]
-        widths = [
-            max(len(col), *(len(row[i]) for row in full)) for i, col in enumerate(self.columns)
-        ]
-        line = "  ".join(f"{col:<{w}}" for col, w in zip(self.columns, widths, strict=True))
-        print(line)
-        print("-" * len(line))
-        for row in self.rows:
-            if len(row) == 1:
-                print(row[0])
-                continue
-            print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+        print_table(self.columns, self.rows)
 
 
 # -- official SDK ----------------------------------------------------------------------
@@ -187,26 +180,6 @@ async def _timed_calls(call: Callable[[TaskKey], Awaitable[Any]], keys: list[Tas
     return (time.perf_counter() - start) / len(keys) * 1e6
 
 
-def _presigned(url: str, key: TaskKey) -> tuple[str, dict[str, str]]:
-    signer = Signer(DEFAULT_CREDENTIALS, region="cn-north-1", service="rtc")
-    host = url.split("://", 1)[1]
-    query = {
-        "Action": "GetSegmentTask",
-        "Version": "2022-06-01",
-        "AppId": key.app_id,
-        "RoomId": key.room_id,
-        "TaskId": key.task_id,
-    }
-    signed = signer.sign(method="GET", host=host, query=query, now=_utc_now())
-    return f"{url}/?{signed.query_string}", signed.headers
-
-
-def _utc_now() -> Any:
-    from datetime import datetime
-
-    return datetime.now(UTC)
-
-
 def _bare_transport(backend: str) -> httpx.AsyncBaseTransport | None:
     if backend == "httpcore":
         return None
@@ -233,7 +206,7 @@ async def section_sequential(table: Table, sizes: Sizes, server: EmulatorProcess
         contenders[f"ours/{backend}"] = lambda key, c=client: c.get_segment_task(*key)
         http = httpx.AsyncClient(transport=_bare_transport(backend))
         closers.append(http.aclose)
-        target, headers = _presigned(server.url, keys[0])
+        target, headers = signed_get(bench_signer(), server.url, keys[0])
 
         async def bare(
             _key: TaskKey,
@@ -524,20 +497,6 @@ async def section_lag(table: Table, sizes: Sizes) -> None:
     table.row(
         "the probe alone, no fan-out (noise floor)",
         f"max {max(idle) * 1000:.2f} ms, p99 {percentile(idle, 0.99) * 1000:.2f} ms",
-    )
-
-
-def describe_machine() -> str:
-    try:
-        import psutil
-
-        memory = f", {psutil.virtual_memory().total / 2**30:.1f} GiB RAM"
-    except ImportError:
-        memory = ""
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs ({cpu}){memory}; httpx {httpx.__version__}"
     )
 
 
