@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -46,6 +47,36 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
     return ordered[index]
+
+
+class LagProbe:
+    """How late the event loop runs a task: a probe sleeping ``interval`` s over and over.
+
+    ``async with LagProbe(0.001) as probe: ...`` -- afterwards ``probe.lags`` holds how late
+    each wake-up came, in seconds: the loop's stalls (work, garbage collection, a busy
+    machine) during the block.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LagProbe:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stopped = True
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            start = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.lags.append(time.perf_counter() - start - self.interval)
 
 
 def bench_signer() -> Signer:

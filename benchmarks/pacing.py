@@ -22,11 +22,15 @@ state is per loop); the server's sliding window is left to empty between runs.
      ``Signer``, one ``asyncio.Lock`` spacing sends on an exact 1/60 s grid, a 429 sent
      again through the lock (at most 3 times, as our default ``max_retries``).
 
-   Columns: wall time / ideal (N / 60 s), requests the server throttled, keys lost, and
-   the most arrivals in any sliding second at the server (throttled ones included).
+   Columns: wall time / ideal (N / 60 s), keys lost, requests the server throttled, the
+   most arrivals in any sliding second at the server (throttled ones included), the
+   margin our adaptive limiter allowed for at the end of the run, and the longest the
+   client's event loop ran late (a probe sleeping 10 ms): how busy the machine was.
 2. interactive latency: 20 single ``get_segment_task`` calls, 0.5 s apart, on the same
    client while ``gather_segment_tasks`` works through 900 keys (no forward jitter). The
-   latency of a single call is from the call to its answer, limiter wait included.
+   latency of a single call is from the call to its answer, limiter wait included; the
+   fan-out's wall time is against N / 60 s (the single calls take 20 of the slots, so
+   (N + 20) / N = 1.022x is its floor).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from _common import (
     EmulatorProcess,
+    LagProbe,
     bench_signer,
     describe_machine,
     median,
@@ -65,6 +70,8 @@ LATENCY = 0.05
 PEER_ATTEMPTS = 4
 # Longer than the server's sliding window: the next run starts on an empty one.
 WINDOW_EMPTY_SECONDS = 1.1
+# The stall probe's sleep: coarse enough to cost nothing, fine enough to see a stall.
+STALL_PROBE_INTERVAL = 0.01
 # The issue's goals (issue 14), checked against the medians over repeats, and the
 # throttle count against every repeat.
 GOAL_WALL_QUIET = 1.012  # J = 0
@@ -95,11 +102,22 @@ class Sizes:
 
 
 @attrs.frozen
-class Run:
-    """What one fan-out run produced, as the client and the server saw it."""
+class ClientSide:
+    """What one run looked like from the client."""
 
     wall: float
     lost: int
+    # The arrival jitter our adaptive limiter allowed for at the end (None: not adaptive).
+    margin: float | None
+    # The longest the client's event loop ran late (a probe): how busy the machine was.
+    stall: float
+
+
+@attrs.frozen
+class Run:
+    """What one fan-out run produced, as the client and the server saw it."""
+
+    client: ClientSide
     throttled: int
     max_per_second: int
 
@@ -120,23 +138,34 @@ def time_limit(keys: int) -> float:
 
 # -- contenders ------------------------------------------------------------------------
 
-Contender = Callable[[str, list[TaskKey]], Awaitable[tuple[float, int]]]
+Contender = Callable[[str, list[TaskKey]], Awaitable[ClientSide]]
+
+
+def learnt_margin(client: SegmentClient) -> float | None:
+    """The jitter margin the client's limiter allows for now, if it adapts."""
+    margin = getattr(getattr(client, "limiter", None), "margin", None)
+    return margin if isinstance(margin, float) else None
 
 
 def ours(limiter: Callable[[], RateLimiter | None]) -> Contender:
     """Our client's fan-out; ``limiter()`` makes the limiter for each run (None: default)."""
 
-    async def fan_out(url: str, keys: list[TaskKey]) -> tuple[float, int]:
-        async with SegmentClient(DEFAULT_CREDENTIALS, endpoint=url, limiter=limiter()) as client:
+    async def fan_out(url: str, keys: list[TaskKey]) -> ClientSide:
+        async with (
+            SegmentClient(DEFAULT_CREDENTIALS, endpoint=url, limiter=limiter()) as client,
+            LagProbe(STALL_PROBE_INTERVAL) as probe,
+        ):
             started = time.perf_counter()
             outcomes = await client.gather_segment_tasks(keys)
             wall = time.perf_counter() - started
-        return wall, sum(1 for outcome in outcomes if outcome.error is not None)
+            margin = learnt_margin(client)
+        lost = sum(1 for outcome in outcomes if outcome.error is not None)
+        return ClientSide(wall, lost, margin, max(probe.lags, default=0.0))
 
     return fan_out
 
 
-async def careful_peer(url: str, keys: list[TaskKey]) -> tuple[float, int]:
+async def careful_peer(url: str, keys: list[TaskKey]) -> ClientSide:
     """The careful hand-written recipe: exact 1/60 s send spacing under one lock, 429 retried."""
     loop = asyncio.get_running_loop()
     signer = bench_signer()
@@ -166,11 +195,11 @@ async def careful_peer(url: str, keys: list[TaskKey]) -> tuple[float, int]:
                 return response.status_code == 200
         return False
 
-    async with httpx.AsyncClient(timeout=10.0) as http:
+    async with httpx.AsyncClient(timeout=10.0) as http, LagProbe(STALL_PROBE_INTERVAL) as probe:
         started = time.perf_counter()
         fetched = await asyncio.gather(*(fetch(http, key) for key in keys))
         wall = time.perf_counter() - started
-    return wall, fetched.count(False)
+    return ClientSide(wall, fetched.count(False), None, max(probe.lags, default=0.0))
 
 
 CONTENDERS: dict[str, Contender] = {
@@ -188,10 +217,10 @@ def one_run(
 ) -> Run:
     """One fan-out at the ceiling over a path with ``jitter`` seconds of forward jitter."""
     server.configure(qps=QPS, latency=LATENCY, forward_jitter=jitter)
-    wall, lost = run_bounded(contender(server.url, keys), time_limit(len(keys)))
+    client = run_bounded(contender(server.url, keys), time_limit(len(keys)))
     stats = server.stats()
     time.sleep(WINDOW_EMPTY_SECONDS)
-    return Run(wall, lost, stats["throttled"], stats["max_per_second"])
+    return Run(client, stats["throttled"], stats["max_per_second"])
 
 
 def warm_up(server: EmulatorProcess) -> None:
@@ -202,17 +231,30 @@ def warm_up(server: EmulatorProcess) -> None:
     time.sleep(WINDOW_EMPTY_SECONDS)
 
 
-def spread(values: Sequence[float], fmt: str) -> str:
-    """``median (min-max)``, or just the value when every repeat agrees."""
-    middle = format(median(values), fmt)
-    low, high = format(min(values), fmt), format(max(values), fmt)
-    return middle if low == high else f"{middle} ({low}-{high})"
+def spread(values: Sequence[float], fmt: str, unit: str = "", scale: float = 1.0) -> str:
+    """``median (min-max)`` of ``values`` times ``scale``; one number when all agree."""
+    middle, low, high = (format(v * scale, fmt) for v in (median(values), min(values), max(values)))
+    return f"{middle}{unit}" if low == high else f"{middle}{unit} ({low}-{high})"
+
+
+def margins(sides: Sequence[ClientSide]) -> str:
+    """The adaptive margin at the end of each run, in ms; ``-`` for a fixed pace."""
+    learnt = [side.margin for side in sides if side.margin is not None]
+    return spread(learnt, ".0f", " ms", 1000) if learnt else "-"
+
+
+def client_cells(sides: Sequence[ClientSide], ideal: float) -> tuple[str, str]:
+    """Wall time against the ideal, and keys lost."""
+    return (
+        spread([side.wall / ideal for side in sides], ".3f", "x"),
+        spread([side.lost for side in sides], "g"),
+    )
 
 
 def jitter_goal(jitter_ms: float, runs: list[Run], ideal: float) -> tuple[str, str]:
     """The issue's goal for our default client at this J, and whether it was met."""
-    ratio = median([run.wall for run in runs]) / ideal
-    nothing_lost = all(run.lost == 0 for run in runs)
+    ratio = median([run.client.wall for run in runs]) / ideal
+    nothing_lost = all(run.client.lost == 0 for run in runs)
     if jitter_ms == 0:
         met = ratio <= GOAL_WALL_QUIET and nothing_lost
         return f"<= {GOAL_WALL_QUIET}x", "yes" if met else "NO"
@@ -222,7 +264,22 @@ def jitter_goal(jitter_ms: float, runs: list[Run], ideal: float) -> tuple[str, s
     return "", ""
 
 
+JITTER_COLUMNS = (
+    "who",
+    "J",
+    "wall / ideal",
+    "lost",
+    "throttled",
+    "max/s",
+    "margin",
+    "loop stall",
+    "goal",
+    "met",
+)
+
+
 def section_jitter(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...]]:
+    """The sweep: every contender at every J, interleaved, ``sizes.repeats`` times."""
     keys = task_keys(sizes.keys)
     ideal = len(keys) / QPS
     runs: dict[tuple[str, float], list[Run]] = {}
@@ -241,6 +298,7 @@ def section_jitter(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...
     for jitter_ms in sizes.jitters_ms:
         for name in CONTENDERS:
             results = runs[(name, jitter_ms)]
+            sides = [run.client for run in results]
             goal, met = (
                 jitter_goal(jitter_ms, results, ideal) if name.startswith("ours (") else ("", "")
             )
@@ -248,10 +306,11 @@ def section_jitter(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...
                 (
                     name,
                     f"{jitter_ms:g} ms",
-                    spread([run.wall / ideal for run in results], ".3f") + "x",
-                    spread([run.throttled for run in results], "d"),
-                    spread([run.lost for run in results], "d"),
-                    spread([run.max_per_second for run in results], "d"),
+                    *client_cells(sides, ideal),
+                    spread([run.throttled for run in results], "g"),
+                    spread([run.max_per_second for run in results], "g"),
+                    margins(sides),
+                    spread([side.stall for side in sides], ".0f", " ms", 1000),
                     goal,
                     met,
                 )
@@ -266,25 +325,27 @@ def section_jitter(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...
 class InteractiveRun:
     """One fan-out with single calls beside it."""
 
+    fan_out: ClientSide
     latencies: list[float]
     failed: int
-    wall: float
-    lost: int
-    throttled: int
-    max_per_second: int
+    throttled: int = 0
+    max_per_second: int = 0
 
 
 async def interactive(
     url: str, keys: list[TaskKey], single: TaskKey, calls: int, spacing: float
-) -> tuple[list[float], int, float, int]:
+) -> InteractiveRun:
     """Single calls every ``spacing`` s while the same client fans out over ``keys``."""
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     failed = 0
-    async with SegmentClient(DEFAULT_CREDENTIALS, endpoint=url) as client:
+    ended: list[float] = []
+    async with (
+        SegmentClient(DEFAULT_CREDENTIALS, endpoint=url) as client,
+        LagProbe(STALL_PROBE_INTERVAL) as probe,
+    ):
         started = loop.time()
         fan_out = asyncio.ensure_future(client.gather_segment_tasks(keys))
-        ended: list[float] = []
         fan_out.add_done_callback(lambda _: ended.append(loop.time()))
         for index in range(1, calls + 1):
             await asyncio.sleep(max(0.0, started + index * spacing - loop.time()))
@@ -295,11 +356,30 @@ async def interactive(
                 failed += 1
             latencies.append(loop.time() - called)
         outcomes = await fan_out
+        margin = learnt_margin(client)
     lost = sum(1 for outcome in outcomes if outcome.error is not None)
-    return latencies, failed, ended[0] - started, lost
+    side = ClientSide(ended[0] - started, lost, margin, max(probe.lags, default=0.0))
+    return InteractiveRun(side, latencies, failed)
+
+
+INTERACTIVE_COLUMNS = (
+    "who",
+    "single: median",
+    "max",
+    "failed",
+    "fan-out wall / ideal",
+    "lost",
+    "throttled",
+    "max/s",
+    "margin",
+    "loop stall",
+    "goal",
+    "met",
+)
 
 
 def section_interactive(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...]]:
+    """Single calls beside a fan-out on one client, ``sizes.interactive_repeats`` times."""
     keys = task_keys(sizes.interactive_keys + 1)
     bulk, single = keys[:-1], keys[-1]
     ideal = len(bulk) / QPS
@@ -309,38 +389,37 @@ def section_interactive(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str
         work = interactive(
             server.url, bulk, single, sizes.interactive_calls, sizes.interactive_spacing
         )
-        latencies, failed, wall, lost = run_bounded(work, time_limit(len(keys)))
+        run = run_bounded(work, time_limit(len(keys)))
         stats = server.stats()
         time.sleep(WINDOW_EMPTY_SECONDS)
         runs.append(
-            InteractiveRun(
-                latencies, failed, wall, lost, stats["throttled"], stats["max_per_second"]
-            )
+            attrs.evolve(run, throttled=stats["throttled"], max_per_second=stats["max_per_second"])
         )
     latencies = [latency for run in runs for latency in run.latencies]
-    ratio = median([run.wall for run in runs]) / ideal
+    sides = [run.fan_out for run in runs]
+    ratio = median([side.wall for side in sides]) / ideal
     met = (
         max(latencies) <= GOAL_INTERACTIVE_MAX
         and ratio <= GOAL_INTERACTIVE_WALL
-        and all(run.throttled == 0 and run.lost == 0 and run.failed == 0 for run in runs)
+        and all(run.throttled == 0 and run.fan_out.lost == 0 and run.failed == 0 for run in runs)
     )
     return [
         (
             f"2. interactive: {sizes.interactive_calls} single calls "
             f"{sizes.interactive_spacing:g} s apart during a fan-out of {len(bulk)} keys on "
-            f"the same client, {QPS:.0f} QPS, "
-            f"{LATENCY * 1000:.0f} ms latency; ideal wall {ideal:.2f} s; {len(runs)} runs "
-            f"({len(latencies)} single calls)",
+            f"the same client, {QPS:.0f} QPS, {LATENCY * 1000:.0f} ms latency; ideal wall "
+            f"{ideal:.2f} s; {len(runs)} runs, {len(latencies)} single calls in all",
         ),
         (
             "ours (default)",
             f"{median(latencies) * 1000:.0f} ms",
             f"{max(latencies) * 1000:.0f} ms",
             str(sum(run.failed for run in runs)),
-            spread([run.wall / ideal for run in runs], ".3f") + "x",
-            spread([run.throttled for run in runs], "d"),
-            spread([run.lost for run in runs], "d"),
-            spread([run.max_per_second for run in runs], "d"),
+            *client_cells(sides, ideal),
+            spread([run.throttled for run in runs], "g"),
+            spread([run.max_per_second for run in runs], "g"),
+            margins(sides),
+            spread([side.stall for side in sides], ".0f", " ms", 1000),
             f"max <= {GOAL_INTERACTIVE_MAX * 1000:.0f} ms, "
             f"<= {GOAL_INTERACTIVE_WALL}x, 0 throttled",
             "yes" if met else "NO",
@@ -382,26 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if sweep:
         print()
-        print_table(
-            ("who", "J", "wall / ideal", "throttled", "lost", "max/s", "goal", "met"), sweep
-        )
+        print_table(JITTER_COLUMNS, sweep)
     if calls:
         print()
-        print_table(
-            (
-                "who",
-                "median single",
-                "max single",
-                "failed",
-                "fan-out wall / ideal",
-                "throttled",
-                "lost",
-                "max/s",
-                "goal",
-                "met",
-            ),
-            calls,
-        )
+        print_table(INTERACTIVE_COLUMNS, calls)
     print(f"\n({time.perf_counter() - started:.0f} s)")
     return 0
 

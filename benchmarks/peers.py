@@ -48,6 +48,7 @@ import parsing
 import signing
 from _common import (
     EmulatorProcess,
+    LagProbe,
     bench_signer,
     describe_machine,
     median,
@@ -435,39 +436,24 @@ async def _lag_run(keys: list[TaskKey], qps: float) -> list[float]:
     emulator = Emulator(qps=None, record_limit=1000)
     for key in keys:
         emulator.add_task(*key)
-    lags: list[float] = []
-    done = asyncio.Event()
-
-    async def probe() -> None:
-        while not done.is_set():
-            start = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lags.append(time.perf_counter() - start - 0.001)
-
     async with SegmentClient(
         DEFAULT_CREDENTIALS, transport=emulator.transport(), qps=qps, max_retries=0
     ) as client:
         await client.get_segment_task(*keys[0])  # warm: lazy imports, first-call caches
-        prober = asyncio.create_task(probe())
-        await asyncio.sleep(0.01)
-        outcomes = await client.gather_segment_tasks(keys)
-        done.set()
-        await prober
+        async with LagProbe(0.001) as probe:
+            await asyncio.sleep(0.01)
+            outcomes = await client.gather_segment_tasks(keys)
     failed = sum(1 for outcome in outcomes if outcome.error is not None)
     if failed:
         raise RuntimeError(f"event-loop lag run: {failed} of {len(keys)} failed")
-    return lags
+    return probe.lags
 
 
 async def _idle_lags(seconds: float) -> list[float]:
     """The probe alone: the machine's own noise floor (timer rounding, scheduling)."""
-    lags: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        await asyncio.sleep(0.001)
-        lags.append(time.perf_counter() - start - 0.001)
-    return lags
+    async with LagProbe(0.001) as probe:
+        await asyncio.sleep(seconds)
+    return probe.lags
 
 
 async def section_lag(table: Table, sizes: Sizes) -> None:
