@@ -55,8 +55,12 @@ def make_client(backend: str, endpoint: str, **kwargs: Any) -> SegmentClient:
 async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]:
     """A loopback server that reads each request's head and lets ``handler`` answer."""
     heads: list[bytes] = []
+    handlers: set[asyncio.Task[None]] = set()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         try:
             heads.append(await reader.readuntil(b"\r\n\r\n"))
             await handler(reader, writer)
@@ -64,6 +68,7 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]
             pass
         finally:
             writer.close()
+            handlers.discard(task)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -71,6 +76,11 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]
         yield f"http://127.0.0.1:{port}", heads
     finally:
         server.close()
+        # Before Python 3.12 wait_closed() does not wait for the connection handlers: end
+        # them here, or one still answering (a trickle) outlives the event loop.
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
 
