@@ -16,6 +16,7 @@ loops.
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Generic, Protocol, TypeVar, runtime_checkable
@@ -23,11 +24,11 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 import attrs
 
 from ._compat import PacedBucket
-from ._pacing import STARTING_MARGIN, JitterMargin, paced_rate
+from ._pacing import STARTING_MARGIN, JitterMargin, SendLog, paced_rate
 from ._validation import check_number
 
 __all__ = [
-    "WAKE_UP_SLACK",
+    "CATCH_UP",
     "ActionLimiters",
     "LocalRateLimiter",
     "PacingFeedback",
@@ -36,10 +37,13 @@ __all__ = [
     "shared_limiter",
 ]
 
-#: Extra bucket capacity, as a fraction of one request, that absorbs late timer wake-ups
-#: (less when ``qps`` is so low that this would eat the jitter margin).
-WAKE_UP_SLACK = 0.1
-# A gap of this many send intervals counts as a pause (see LocalRateLimiter.acquire).
+#: How late, in send intervals, a waiter may be woken without the delay being lost: the
+#: bucket holds this much more than one request, so the next waiters catch up at once.
+#: A busy or shared machine stalls an event loop for tens of milliseconds now and then;
+#: three intervals (50 ms at 60 QPS) catch up most of those. Catching up never breaks
+#: the ceiling: the send log checks every window.
+CATCH_UP = 3.0
+# A gap of this many send intervals with nobody waiting is a pause (see acquire).
 _PAUSE_INTERVALS = 2
 
 
@@ -123,7 +127,11 @@ class _LoopPacer:
     """A limiter's state in one event loop."""
 
     bucket: PacedBucket
+    sends: SendLog
     margin: JitterMargin = attrs.field(factory=JitterMargin)
+    # One waiter at a time checks the log and the bucket, so nothing can be sent between
+    # its check and its send (and waiters go in arrival order).
+    turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
     last_release: float = float("-inf")
 
 
@@ -137,6 +145,11 @@ class LocalRateLimiter:
             (:meth:`observe_round_trip`) and widens at once when an answer says the quota
             was exceeded (:meth:`observe_throttle`). A number in (0, 1) fixes the rate at
             ``utilization * qps`` instead (0.1's behaviour, at 0.99).
+
+    Requests are spaced ``1 / rate`` apart, and a record of the last ``qps`` sends makes
+    sure that no window of ``1 + margin`` seconds ever holds more than ``qps`` of them, so
+    arrivals stay under the ceiling however the forward delay varies within the margin.
+    (Below 1 QPS: one request per ``(1 + margin) / qps`` seconds.)
 
     Clients of one account made without a ``limiter`` already share one per process; give
     processes that share an account a :class:`~rtc_segment.RedisRateLimiter` instead.
@@ -152,12 +165,14 @@ class LocalRateLimiter:
                 raise ValueError(f"utilization must be in (0, 1), got {utilization!r}")
         self._qps = float(qps)
         self._utilization = None if utilization is None else float(utilization)
-        fixed_rate = self._qps * (utilization or 1 / (1 + STARTING_MARGIN))
-        # The bound needs 1 + slack + rate < qps + 1; at low qps give the slack at most half
-        # of that headroom, so that the other half still absorbs arrival jitter.
-        self._slack = min(WAKE_UP_SLACK, (self._qps - fixed_rate) / 2)
+        # The log allows `limit` sends per `unit * (1 + margin)` seconds: qps per second,
+        # or one per 1 / qps seconds below 1 QPS.
+        self._limit = max(1, math.floor(self._qps))
+        self._unit = max(1.0, 1.0 / self._qps)
         self._first_rate = (
-            fixed_rate if utilization else paced_rate(self._qps, self._slack, STARTING_MARGIN)
+            self._qps * self._utilization
+            if self._utilization is not None
+            else paced_rate(self._qps, 0.0, STARTING_MARGIN)
         )
         self._pacers = _PerLoop(self._new_pacer)
 
@@ -188,18 +203,37 @@ class LocalRateLimiter:
     async def acquire(self) -> None:
         """Wait until one more request may be sent without exceeding the ceiling.
 
-        The first request after a pause is charged one request more: it is the one most
-        likely to reach the server late (a new connection, cold caches: ~10 ms even on
-        loopback), which squeezes it together with the requests a second later. Under
-        sustained load there is no pause, and it costs nothing.
+        The first request after a pause counts in the window as if sent one interval
+        later: it is the one most likely to reach the server late (a new connection, cold
+        caches: ~10 ms even on loopback), which would squeeze it together with the
+        requests a second later. Under sustained load there is no pause, and it costs
+        nothing.
         """
         pacer = self._pacers.get()
         bucket = pacer.bucket
-        await bucket.acquire()
-        now = bucket.now()
-        if now - pacer.last_release > _PAUSE_INTERVALS / bucket.rate:
-            bucket.add(1)
-        pacer.last_release = now
+        # A pause is nobody asking for a while -- not a waiter the loop woke late (a stall:
+        # that one catches up).
+        paused = (
+            not pacer.turn.locked()
+            and bucket.now() - pacer.last_release > _PAUSE_INTERVALS / bucket.rate
+        )
+        async with pacer.turn:
+            # The log first: waiting on it consumes nothing, so a cancelled waiter leaves
+            # no trace. Time only frees the log, and nobody else sends while we hold the
+            # turn, so it still agrees once the bucket lets us go. (A loop on the clock, not
+            # an event: feedback may widen the window while we sleep.)
+            while (wait := pacer.sends.wait(bucket.now(), self._window(pacer))) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            await bucket.acquire()
+            now = bucket.now()
+            if paused:
+                # A pause leaves no credit to catch up with: the next send is one interval
+                # away, as from a standing start.
+                bucket.add(max(0.0, 1 + CATCH_UP - bucket.level))
+                pacer.sends.record(now + 1 / bucket.rate)
+            else:
+                pacer.sends.record(now)
+            pacer.last_release = now
 
     def observe_round_trip(self, seconds: float) -> None:
         """Feedback from a client: one request took ``seconds`` from send to answer."""
@@ -215,14 +249,19 @@ class LocalRateLimiter:
             pacer.margin.throttled(pacer.bucket.now())
             self._repace(pacer)
 
+    def _window(self, pacer: _LoopPacer) -> float:
+        """The span in which at most ``limit`` sends may fall: a second plus the margin."""
+        if self._utilization is not None:
+            return self._unit / self._utilization
+        return self._unit * (1.0 + pacer.margin.margin(pacer.bucket.now()))
+
     def _repace(self, pacer: _LoopPacer) -> None:
         margin = pacer.margin.margin(pacer.bucket.now())
-        pacer.bucket.rate = paced_rate(self._qps, self._slack, margin)
+        pacer.bucket.rate = paced_rate(self._qps, 0.0, margin)
 
     def _new_pacer(self) -> _LoopPacer:
-        # Sends are spaced, never bursted: the bucket holds one request plus the slack.
-        capacity = 1 + self._slack
-        return _LoopPacer(PacedBucket(capacity, capacity / self._first_rate))
+        capacity = 1 + CATCH_UP
+        return _LoopPacer(PacedBucket(capacity, capacity / self._first_rate), SendLog(self._limit))
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"

@@ -1,11 +1,12 @@
-"""How much margin below the ceiling pacing keeps: learnt from the path, not fixed.
+"""How much margin below the ceiling pacing keeps, learnt from the path, and the record
+of recent sends that enforces it.
 
 The service counts a request when it *arrives*. Requests sent exactly ``1 / rate`` apart
 can arrive closer together when the path's delay varies, and a sliding second at the
 server can then hold more than the client sent in any second. If the forward delay varies
-by at most ``J`` seconds, sends paced at ``rate`` never put more than
-``1 + slack + (1 + J) * rate`` arrivals in one second, so ``rate < (qps - slack) / (1 + J)``
-keeps the ceiling (the derivation: ``docs/design/limiter.md``).
+by at most ``J`` seconds, any second of arrivals was sent within ``1 + J`` seconds, so at
+most ``qps`` sends in any ``1 + J`` second window keeps the ceiling where requests arrive
+(:class:`SendLog` checks exactly that; the derivation: ``docs/design/limiter.md``).
 
 :class:`JitterMargin` estimates ``J``: the spread of the client's own round-trip times
 (a high quantile minus a low one, over a recent window) bounds the forward path's
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-__all__ = ["JitterMargin", "paced_rate"]
+__all__ = ["JitterMargin", "SendLog", "paced_rate"]
 
 # Round trips kept for the estimate; the quantiles skip the extreme sample at each end.
 _WINDOW = 128
@@ -41,13 +42,58 @@ _RELAX_HALF_LIFE = 30.0
 _THROTTLE_EVENT_SECONDS = 1.0
 
 
+# A send this close to when the log allows it counts as allowed (see SendLog.wait).
+_ON_TIME = 1e-6
+
 # The bound is strict: a rate exactly at it could put qps + 1 in one second.
 _STRICTLY_BELOW = 1 - 1e-6
 
 
 def paced_rate(qps: float, slack: float, margin: float) -> float:
-    """The highest send rate that keeps arrivals under ``qps`` despite ``margin`` of jitter."""
+    """The highest send rate that keeps arrivals under ``qps`` despite ``margin`` of jitter.
+
+    ``slack`` is how many requests more than one a burst may hold (0 for exact spacing).
+    """
     return (qps - slack) / (1.0 + margin) * _STRICTLY_BELOW
+
+
+class SendLog:
+    """The times of the last sends, and when one more keeps every window under the ceiling.
+
+    At most ``limit`` sends may fall in any window of ``window`` seconds (the window is
+    given at each check, since the margin it includes moves). Times must not go backwards;
+    :meth:`record` keeps them ordered, which is what makes checking only the ``limit``-th
+    previous send enough: with ordered times, any ``limit + 1`` sends inside one window
+    would include that pair.
+    """
+
+    __slots__ = ("_times",)
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        self._times: deque[float] = deque(maxlen=limit)
+
+    def wait(self, now: float, window: float) -> float:
+        """Seconds from ``now`` until one more send keeps ``window`` under the limit."""
+        times = self._times
+        if len(times) < (times.maxlen or 0):
+            return 0.0
+        wait = times[0] + window - now
+        # A timer may fire within the clock's resolution of its due time (and looptime's
+        # clock moves in whole microseconds): that close counts as due, or a waiter would
+        # sleep for a sliver again and again.
+        return wait if wait > _ON_TIME else 0.0
+
+    def record(self, at: float) -> None:
+        """Count a send at ``at`` (or at the previous send's time, if that is later)."""
+        times = self._times
+        if times and at < times[-1]:
+            at = times[-1]
+        times.append(at)
+
+    def __len__(self) -> int:
+        return len(self._times)
 
 
 class JitterMargin:
@@ -77,7 +123,13 @@ class JitterMargin:
             return False
         self._pending = 0
         ordered = sorted(self._samples)
-        self._spread = ordered[-1 - _SKIP] - ordered[_SKIP]
+        # The inner range of n samples falls short of the range they are drawn from: by
+        # (n - 1 - 2 * skip) / (n + 1) of it for a uniform spread (order statistics), which
+        # is the shape of a jittery path's forward delay. Scale it back up: 3 % at 128
+        # samples, more while few are known -- when an under-estimate is likeliest.
+        count = len(ordered)
+        inner = ordered[-1 - _SKIP] - ordered[_SKIP]
+        self._spread = inner * (count + 1) / (count - 1 - 2 * _SKIP)
         return True
 
     def throttled(self, now: float) -> None:
