@@ -24,7 +24,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 import attrs
 
 from ._compat import PacedBucket
-from ._pacing import STARTING_MARGIN, JitterMargin, SendLog, paced_rate
+from ._pacing import MAX_MARGIN, STARTING_MARGIN, JitterMargin, SendLog, paced_rate
 from ._validation import check_number
 
 __all__ = [
@@ -261,7 +261,13 @@ class LocalRateLimiter:
 
     def _new_pacer(self) -> _LoopPacer:
         capacity = 1 + CATCH_UP
-        return _LoopPacer(PacedBucket(capacity, capacity / self._first_rate), SendLog(self._limit))
+        longest_window = self._unit * (
+            1 / self._utilization if self._utilization is not None else 1 + MAX_MARGIN
+        )
+        return _LoopPacer(
+            PacedBucket(capacity, capacity / self._first_rate),
+            SendLog(self._limit, horizon=longest_window),
+        )
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"

@@ -61,18 +61,22 @@ class SendLog:
     """The times of the last sends, and when one more keeps every window under the ceiling.
 
     At most ``limit`` sends may fall in any window of ``window`` seconds (the window is
-    given at each check, since the margin it includes moves). Times must not go backwards;
+    given at each check, since the margin it includes moves; it must never exceed
+    ``horizon``, how long a send is remembered). Times must not go backwards;
     :meth:`record` keeps them ordered, which is what makes checking only the ``limit``-th
     previous send enough: with ordered times, any ``limit + 1`` sends inside one window
     would include that pair.
     """
 
-    __slots__ = ("_times",)
+    __slots__ = ("_horizon", "_times")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, horizon: float) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
         self._times: deque[float] = deque(maxlen=limit)
+        # Forgetting sends older than any window keeps a huge ceiling from holding a
+        # huge record (at most `limit` times either way).
+        self._horizon = horizon
 
     def wait(self, now: float, window: float) -> float:
         """Seconds from ``now`` until one more send keeps ``window`` under the limit."""
@@ -91,6 +95,8 @@ class SendLog:
         if times and at < times[-1]:
             at = times[-1]
         times.append(at)
+        while times[0] <= at - self._horizon:
+            times.popleft()
 
     def __len__(self) -> int:
         return len(self._times)

@@ -92,7 +92,7 @@ def test_the_paced_rate_keeps_any_second_of_arrivals_under_the_ceiling() -> None
 
 
 def test_the_send_log_allows_the_limit_per_window_and_then_waits_for_the_oldest() -> None:
-    log = SendLog(3)
+    log = SendLog(3, horizon=2.0)
     for at in (0.0, 0.1, 0.2):
         assert log.wait(at, 1.0) == 0.0
         log.record(at)
@@ -107,7 +107,7 @@ def test_the_send_log_allows_the_limit_per_window_and_then_waits_for_the_oldest(
 def test_the_send_log_keeps_times_ordered() -> None:
     # A send counted later than it happened (the first after a pause) pushes the next
     # ones no earlier than it, so checking the limit-th previous send stays enough.
-    log = SendLog(2)
+    log = SendLog(2, horizon=2.0)
     log.record(1.0)
     log.record(0.5)
     assert log.wait(1.5, 1.0) == pytest.approx(0.5)
@@ -115,7 +115,7 @@ def test_the_send_log_keeps_times_ordered() -> None:
 
 def test_a_send_log_never_lets_a_window_hold_more_than_its_limit() -> None:
     rng = random.Random(7)
-    log, times, now = SendLog(10), [], 0.0
+    log, times, now = SendLog(10, horizon=1.0), [], 0.0
     for _ in range(500):
         now += rng.choice([0.0, 0.0, 0.01, 0.05, 0.3])  # bursts, steady sends, pauses
         now += log.wait(now, 1.0)
@@ -126,7 +126,7 @@ def test_a_send_log_never_lets_a_window_hold_more_than_its_limit() -> None:
 
 def test_a_wait_within_a_microsecond_counts_as_none() -> None:
     # Timers fire within the clock's resolution; a sliver left must not mean another sleep.
-    log = SendLog(1)
+    log = SendLog(1, horizon=1.0)
     log.record(0.0)
     assert log.wait(1.0 - 5e-7, 1.0) == 0.0
     assert log.wait(1.0 - 5e-6, 1.0) == pytest.approx(5e-6)
@@ -134,4 +134,12 @@ def test_a_wait_within_a_microsecond_counts_as_none() -> None:
 
 def test_a_send_log_needs_room_for_one_send() -> None:
     with pytest.raises(ValueError, match="limit"):
-        SendLog(0)
+        SendLog(0, horizon=1.0)
+
+
+def test_a_send_log_forgets_sends_older_than_its_horizon() -> None:
+    log = SendLog(1000, horizon=1.55)
+    for i in range(100):
+        log.record(i * 0.1)
+    assert len(log) == 16  # the last 1.55 s: a huge limit holds no huge record
+    assert log.wait(9.9, 1.55) == 0.0  # fewer than the limit in any window: no wait
