@@ -128,7 +128,9 @@ class _LoopPacer:
 
     bucket: PacedBucket
     sends: SendLog
-    margin: JitterMargin = attrs.field(factory=JitterMargin)
+    # The window the oldest of the last `limit` sends needs, given its round trip.
+    window: Callable[[float | None], float]
+    margin: JitterMargin
     # One waiter at a time checks the log and the bucket, so nothing can be sent between
     # its check and its send (and waiters go in arrival order).
     turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
@@ -140,16 +142,18 @@ class LocalRateLimiter:
 
     Args:
         qps: The ceiling in requests per second (the service allows 60 for GetSegmentTask).
-        utilization: ``None`` (the default) adapts the send rate to the path: the margin
-            below ``qps`` follows the spread of the round trips the clients report
-            (:meth:`observe_round_trip`) and widens at once when an answer says the quota
-            was exceeded (:meth:`observe_throttle`). A number in (0, 1) fixes the rate at
-            ``utilization * qps`` instead (0.1's behaviour, at 0.99).
+        utilization: ``None`` (the default) adapts to the path, from the round trips the
+            clients report (:meth:`observe_round_trip`), and widens its margins at once
+            when an answer says the quota was exceeded (:meth:`observe_throttle`). A
+            number in (0, 1) fixes the rate at ``utilization * qps`` and every window at
+            ``1 / utilization`` seconds instead (0.1's behaviour, at 0.99).
 
-    Requests are spaced ``1 / rate`` apart, and a record of the last ``qps`` sends makes
-    sure that no window of ``1 + margin`` seconds ever holds more than ``qps`` of them, so
-    arrivals stay under the ceiling however the forward delay varies within the margin.
-    (Below 1 QPS: one request per ``(1 + margin) / qps`` seconds.)
+    A record of the last ``qps`` sends makes sure that no ``qps + 1`` of them arrive
+    within one second: a send waits until the one ``qps`` sends before it is one second
+    plus *its* margin old -- how much later than the fastest request it can have arrived,
+    which its own round trip bounds (the spread of recent round trips while it is not
+    answered yet). Requests are spaced ``1 / rate`` apart, ``rate`` allowing for what a
+    typical request needs. (Below 1 QPS: one request per ``(1 + margin) / qps`` seconds.)
 
     Clients of one account made without a ``limiter`` already share one per process; give
     processes that share an account a :class:`~rtc_segment.RedisRateLimiter` instead.
@@ -194,11 +198,12 @@ class LocalRateLimiter:
 
     @property
     def margin(self) -> float | None:
-        """The arrival jitter allowed for now, in seconds (adaptive limiters, in a loop)."""
+        """The arrival jitter the send rate allows for now, in seconds: what a typical
+        request needs (adaptive limiters, in a loop; see :class:`LocalRateLimiter`)."""
         pacer = self._pacers.running()
         if pacer is None or not self.adaptive:
             return None
-        return pacer.margin.margin(pacer.bucket.now())
+        return pacer.margin.pace(pacer.bucket.now())
 
     async def acquire(self) -> None:
         """Wait until one more request may be sent without exceeding the ceiling.
@@ -222,7 +227,7 @@ class LocalRateLimiter:
             # no trace. Time only frees the log, and nobody else sends while we hold the
             # turn, so it still agrees once the bucket lets us go. (A loop on the clock, not
             # an event: feedback may widen the window while we sleep.)
-            while (wait := pacer.sends.wait(bucket.now(), self._window(pacer))) > 0:  # noqa: ASYNC110
+            while (wait := pacer.sends.wait(bucket.now(), pacer.window)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
             await bucket.acquire()
             now = bucket.now()
@@ -230,7 +235,7 @@ class LocalRateLimiter:
                 # A pause leaves no credit to catch up with: the next send is one interval
                 # away, as from a standing start.
                 bucket.add(max(0.0, 1 + CATCH_UP - bucket.level))
-                pacer.sends.record(now + 1 / bucket.rate)
+                pacer.sends.record(now + 1 / bucket.rate, sent=now)
             else:
                 pacer.sends.record(now)
             pacer.last_release = now
@@ -239,6 +244,7 @@ class LocalRateLimiter:
         """Feedback from a client: one request took ``seconds`` from send to answer."""
         if self._utilization is None:
             pacer = self._pacers.get()
+            pacer.sends.answered(pacer.bucket.now() - seconds, seconds)
             if pacer.margin.record(seconds):
                 self._repace(pacer)
 
@@ -249,25 +255,29 @@ class LocalRateLimiter:
             pacer.margin.throttled(pacer.bucket.now())
             self._repace(pacer)
 
-    def _window(self, pacer: _LoopPacer) -> float:
-        """The span in which at most ``limit`` sends may fall: a second plus the margin."""
-        if self._utilization is not None:
-            return self._unit / self._utilization
-        return self._unit * (1.0 + pacer.margin.margin(pacer.bucket.now()))
-
     def _repace(self, pacer: _LoopPacer) -> None:
-        margin = pacer.margin.margin(pacer.bucket.now())
-        pacer.bucket.rate = paced_rate(self._qps, 0.0, margin)
+        pacer.bucket.rate = paced_rate(self._qps, 0.0, pacer.margin.pace(pacer.bucket.now()))
 
     def _new_pacer(self) -> _LoopPacer:
         capacity = 1 + CATCH_UP
         longest_window = self._unit * (
             1 / self._utilization if self._utilization is not None else 1 + MAX_MARGIN
         )
-        return _LoopPacer(
-            PacedBucket(capacity, capacity / self._first_rate),
-            SendLog(self._limit, horizon=longest_window),
-        )
+        bucket = PacedBucket(capacity, capacity / self._first_rate)
+        margin = JitterMargin()
+        if self._utilization is not None:
+            fixed = self._unit / self._utilization
+
+            def window(round_trip: float | None) -> float:
+                return fixed
+
+        else:
+
+            def window(round_trip: float | None) -> float:
+                # A send's window: a second plus how late it can have arrived.
+                return self._unit * (1.0 + margin.margin_for(round_trip, bucket.now()))
+
+        return _LoopPacer(bucket, SendLog(self._limit, horizon=longest_window), window, margin)
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"

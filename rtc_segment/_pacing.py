@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["JitterMargin", "SendLog", "paced_rate"]
 
@@ -57,65 +58,109 @@ def paced_rate(qps: float, slack: float, margin: float) -> float:
     return (qps - slack) / (1.0 + margin) * _STRICTLY_BELOW
 
 
-class SendLog:
-    """The times of the last sends, and when one more keeps every window under the ceiling.
+class _Send:
+    """One send in a :class:`SendLog`: when it counts, when it left, and its round trip."""
 
-    At most ``limit`` sends may fall in any window of ``window`` seconds (the window is
-    given at each check, since the margin it includes moves; it must never exceed
-    ``horizon``, how long a send is remembered). Times must not go backwards;
-    :meth:`record` keeps them ordered, which is what makes checking only the ``limit``-th
-    previous send enough: with ordered times, any ``limit + 1`` sends inside one window
-    would include that pair.
+    __slots__ = ("at", "round_trip", "sent")
+
+    def __init__(self, at: float, sent: float) -> None:
+        self.at = at
+        self.sent = sent
+        self.round_trip: float | None = None
+
+
+class SendLog:
+    """The last sends, and when one more keeps every window under the ceiling.
+
+    At most ``limit`` sends may fall in any window; how long that window is may depend on
+    the oldest of them (its round trip, once answered, says how late it can have arrived),
+    so :meth:`wait` takes the window as a function of that round trip (``None`` while
+    unknown). Windows must never exceed ``horizon``, how long a send is remembered.
+    Times must not go backwards; :meth:`record` keeps them ordered, which is what makes
+    checking only the ``limit``-th previous send enough: with ordered times, any
+    ``limit + 1`` sends inside one window would include that pair.
     """
 
-    __slots__ = ("_horizon", "_times")
+    __slots__ = ("_horizon", "_sends")
 
     def __init__(self, limit: int, horizon: float) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
-        self._times: deque[float] = deque(maxlen=limit)
+        self._sends: deque[_Send] = deque(maxlen=limit)
         # Forgetting sends older than any window keeps a huge ceiling from holding a
-        # huge record (at most `limit` times either way).
+        # huge record (at most `limit` sends either way).
         self._horizon = horizon
 
-    def wait(self, now: float, window: float) -> float:
-        """Seconds from ``now`` until one more send keeps ``window`` under the limit."""
-        times = self._times
-        if len(times) < (times.maxlen or 0):
+    def wait(self, now: float, window: Callable[[float | None], float]) -> float:
+        """Seconds from ``now`` until one more send keeps its window under the limit.
+
+        ``window(round_trip)`` is the window that the oldest of the last ``limit`` sends
+        needs, given its round trip (``None``: not answered yet).
+        """
+        sends = self._sends
+        if len(sends) < (sends.maxlen or 0):
             return 0.0
-        wait = times[0] + window - now
+        oldest = sends[0]
+        wait = oldest.at + window(oldest.round_trip) - now
         # A timer may fire within the clock's resolution of its due time (and looptime's
         # clock moves in whole microseconds): that close counts as due, or a waiter would
         # sleep for a sliver again and again.
         return wait if wait > _ON_TIME else 0.0
 
-    def record(self, at: float) -> None:
-        """Count a send at ``at`` (or at the previous send's time, if that is later)."""
-        times = self._times
-        if times and at < times[-1]:
-            at = times[-1]
-        times.append(at)
-        while times[0] <= at - self._horizon:
-            times.popleft()
+    def record(self, at: float, sent: float | None = None) -> None:
+        """Count a send that left at ``sent`` (default: ``at``) as if at ``at``.
+
+        ``at`` is moved up to the previous send's, if that is later.
+        """
+        sends = self._sends
+        left = at if sent is None else sent
+        if sends and at < sends[-1].at:
+            at = sends[-1].at
+        sends.append(_Send(at, left))
+        while sends[0].at <= at - self._horizon:
+            sends.popleft()
+
+    def answered(self, sent: float, round_trip: float) -> bool:
+        """Note the round trip of the latest unanswered send that left by ``sent``.
+
+        Returns False when no send matches (it was forgotten, or never recorded here).
+        """
+        for entry in reversed(self._sends):
+            if entry.sent <= sent + _ON_TIME and entry.round_trip is None:
+                entry.round_trip = round_trip
+                return True
+        return False
 
     def __len__(self) -> int:
-        return len(self._times)
+        return len(self._sends)
 
 
 class JitterMargin:
     """An estimate of the arrival jitter to allow for, in seconds.
 
-    ``margin(now)`` is the spread of recent round trips (at least :data:`MIN_MARGIN`),
-    plus a widening that each throttled answer doubles and that halves every 30 s.
-    ``now`` is any monotonic clock in seconds (the event loop's).
+    Two answers, each plus a widening that each throttled answer doubles and that halves
+    every 30 s (``now`` is any monotonic clock in seconds: the event loop's):
+
+    * ``margin_for(round_trip, now)``: how much later than the fastest a request with this
+      round trip can have arrived -- its round trip minus the least of the recent ones
+      (the rest of a round trip, the server and the way back, never took less than in the
+      fastest). For a request not answered yet, ``margin(now)``: the spread of recent
+      round trips, which bounds any one of them.
+    * ``pace(now)``: the margin the send rate allows for on average: the mean of recent
+      round trips minus the least.
+
+    Both are at least :data:`MIN_MARGIN`, at most :data:`MAX_MARGIN`; before
+    :data:`STARTING_MARGIN` samples are known, both are the starting margin.
     """
 
-    __slots__ = ("_boost", "_boost_at", "_pending", "_samples", "_spread")
+    __slots__ = ("_boost", "_boost_at", "_floor", "_pending", "_samples", "_spread", "_typical")
 
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=_WINDOW)
         self._pending = 0
         self._spread: float | None = None
+        self._floor: float | None = None
+        self._typical: float | None = None
         self._boost = 0.0
         self._boost_at = 0.0
 
@@ -136,6 +181,8 @@ class JitterMargin:
         count = len(ordered)
         inner = ordered[-1 - _SKIP] - ordered[_SKIP]
         self._spread = inner * (count + 1) / (count - 1 - 2 * _SKIP)
+        self._floor = ordered[0]
+        self._typical = math.fsum(ordered) / count - ordered[0]
         return True
 
     def throttled(self, now: float) -> None:
@@ -147,9 +194,28 @@ class JitterMargin:
         self._boost_at = now
 
     def margin(self, now: float) -> float:
-        """The jitter to allow for now, in seconds."""
+        """The jitter to allow for now, in seconds: the most any one request may need."""
         spread = STARTING_MARGIN if self._spread is None else self._spread
-        return min(MAX_MARGIN, max(MIN_MARGIN, spread) + self._relaxed_boost(now))
+        return self._bounded(spread, now)
+
+    def margin_for(self, round_trip: float | None, now: float) -> float:
+        """The jitter to allow for a request whose round trip was ``round_trip`` seconds.
+
+        ``None`` (not answered yet) gets :meth:`margin`.
+        """
+        if round_trip is None or self._floor is None:
+            return self.margin(now)
+        # The least round trip seen only approximates the least forward delay plus the
+        # least of the rest: MIN_MARGIN on top covers the difference.
+        return self._bounded(max(0.0, round_trip - self._floor) + MIN_MARGIN, now)
+
+    def pace(self, now: float) -> float:
+        """The jitter the send rate allows for: what a typical request needs."""
+        typical = STARTING_MARGIN if self._typical is None else self._typical + MIN_MARGIN
+        return self._bounded(typical, now)
+
+    def _bounded(self, jitter: float, now: float) -> float:
+        return min(MAX_MARGIN, max(MIN_MARGIN, jitter) + self._relaxed_boost(now))
 
     @property
     def spread(self) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Callable
 
 import pytest
 
@@ -91,16 +92,21 @@ def test_the_paced_rate_keeps_any_second_of_arrivals_under_the_ceiling() -> None
         assert rate > 0.99 * (qps - slack) / (1 + jitter)
 
 
+def fixed(window: float) -> Callable[[float | None], float]:
+    """The same window for every send, answered or not."""
+    return lambda _round_trip: window
+
+
 def test_the_send_log_allows_the_limit_per_window_and_then_waits_for_the_oldest() -> None:
     log = SendLog(3, horizon=2.0)
     for at in (0.0, 0.1, 0.2):
-        assert log.wait(at, 1.0) == 0.0
+        assert log.wait(at, fixed(1.0)) == 0.0
         log.record(at)
-    assert log.wait(0.3, 1.0) == pytest.approx(0.7)  # until the oldest leaves the window
-    assert log.wait(0.3, 1.5) == pytest.approx(1.2)  # the window is given at each check
-    assert log.wait(1.0, 1.0) == 0.0
+    assert log.wait(0.3, fixed(1.0)) == pytest.approx(0.7)  # until the oldest leaves the window
+    assert log.wait(0.3, fixed(1.5)) == pytest.approx(1.2)  # the window is given at each check
+    assert log.wait(1.0, fixed(1.0)) == 0.0
     log.record(1.0)
-    assert log.wait(1.0, 1.0) == pytest.approx(0.1)
+    assert log.wait(1.0, fixed(1.0)) == pytest.approx(0.1)
     assert len(log) == 3
 
 
@@ -110,7 +116,7 @@ def test_the_send_log_keeps_times_ordered() -> None:
     log = SendLog(2, horizon=2.0)
     log.record(1.0)
     log.record(0.5)
-    assert log.wait(1.5, 1.0) == pytest.approx(0.5)
+    assert log.wait(1.5, fixed(1.0)) == pytest.approx(0.5)
 
 
 def test_a_send_log_never_lets_a_window_hold_more_than_its_limit() -> None:
@@ -118,7 +124,7 @@ def test_a_send_log_never_lets_a_window_hold_more_than_its_limit() -> None:
     log, times, now = SendLog(10, horizon=1.0), [], 0.0
     for _ in range(500):
         now += rng.choice([0.0, 0.0, 0.01, 0.05, 0.3])  # bursts, steady sends, pauses
-        now += log.wait(now, 1.0)
+        now += log.wait(now, fixed(1.0))
         log.record(now)
         times.append(now)
     assert max_in_window(times, seconds=1.0) <= 10
@@ -128,8 +134,8 @@ def test_a_wait_within_a_microsecond_counts_as_none() -> None:
     # Timers fire within the clock's resolution; a sliver left must not mean another sleep.
     log = SendLog(1, horizon=1.0)
     log.record(0.0)
-    assert log.wait(1.0 - 5e-7, 1.0) == 0.0
-    assert log.wait(1.0 - 5e-6, 1.0) == pytest.approx(5e-6)
+    assert log.wait(1.0 - 5e-7, fixed(1.0)) == 0.0
+    assert log.wait(1.0 - 5e-6, fixed(1.0)) == pytest.approx(5e-6)
 
 
 def test_a_send_log_needs_room_for_one_send() -> None:
@@ -142,4 +148,72 @@ def test_a_send_log_forgets_sends_older_than_its_horizon() -> None:
     for i in range(100):
         log.record(i * 0.1)
     assert len(log) == 16  # the last 1.55 s: a huge limit holds no huge record
-    assert log.wait(9.9, 1.55) == 0.0  # fewer than the limit in any window: no wait
+    assert log.wait(9.9, fixed(1.55)) == 0.0  # fewer than the limit in any window: no wait
+
+
+def test_each_send_gets_the_window_its_own_round_trip_asks_for() -> None:
+    log = SendLog(2, horizon=2.0)
+    log.record(0.0)
+    log.record(0.5)
+    windows: list[float | None] = []
+
+    def window(round_trip: float | None) -> float:
+        windows.append(round_trip)
+        return 1.0 if round_trip is None else 1.0 + round_trip
+
+    assert log.wait(0.6, window) == pytest.approx(0.4)
+    assert log.answered(0.0 + 0.001, 0.05)  # the answer to the send that left at 0.0
+    assert log.wait(0.6, window) == pytest.approx(0.45)
+    assert windows == [None, 0.05]
+
+
+def test_an_answer_goes_to_the_latest_unanswered_send_that_had_left() -> None:
+    log = SendLog(4, horizon=10.0)
+    for at in (0.0, 1.0, 1.0, 2.0):
+        log.record(at)
+    assert log.answered(1.0, 0.3)  # one of the two sends at 1.0 ...
+    assert log.answered(1.0, 0.4)  # ... then the other
+    assert log.answered(0.5, 0.2)  # the one at 0.0
+    assert not log.answered(0.5, 0.2)  # nothing unanswered left by then
+    assert not log.answered(-1.0, 0.2)  # before anything recorded here
+    log.record(3.0)  # forgets the send at 0.0 (the limit is 4)
+    asked: list[float | None] = []
+
+    def window(round_trip: float | None) -> float:
+        asked.append(round_trip)
+        return 1.0
+
+    log.wait(3.5, window)
+    assert asked == [0.4]  # the oldest now: the second send at 1.0, answered 0.4
+
+
+def test_a_send_counted_late_keeps_when_it_left() -> None:
+    # The first send after a pause counts one interval late, but its answer is matched by
+    # when it actually left.
+    log = SendLog(1, horizon=10.0)
+    log.record(1.1, sent=1.0)
+    assert log.answered(1.0, 0.05)
+    assert log.wait(1.5, lambda rt: 1.0 + (rt or 0.0)) == pytest.approx(1.1 + 1.05 - 1.5)
+
+
+def test_a_request_s_margin_is_its_round_trip_above_the_fastest() -> None:
+    margin = JitterMargin()
+    for i in range(32):
+        margin.record(0.05 + 0.001 * (i % 4))  # 50-53 ms
+    # How much later than the fastest this one can have arrived, plus MIN_MARGIN for what
+    # the fastest round trip does not tell.
+    assert margin.margin_for(0.07, 0.0) == pytest.approx(0.02 + MIN_MARGIN)
+    assert margin.margin_for(0.04, 0.0) == pytest.approx(MIN_MARGIN)  # faster than seen
+    assert margin.margin_for(None, 0.0) == margin.margin(0.0)  # not answered: the spread
+    # The pace allows for the typical request: the mean above the fastest (1.5 ms).
+    assert margin.pace(0.0) == pytest.approx(0.0015 + MIN_MARGIN)
+    margin.throttled(0.0)  # a throttle widens all three
+    assert margin.margin_for(0.07, 0.0) == pytest.approx(0.02 + MIN_MARGIN + 0.005)
+    assert margin.pace(0.0) == pytest.approx(0.0015 + MIN_MARGIN + 0.005)
+
+
+def test_before_enough_samples_every_margin_is_the_starting_one() -> None:
+    margin = JitterMargin()
+    margin.record(0.05)
+    assert margin.margin_for(0.3, 0.0) == STARTING_MARGIN
+    assert margin.pace(0.0) == STARTING_MARGIN
