@@ -20,18 +20,9 @@ import httpx
 import pytest
 from _signing_support import (
     VECTORS,
-    access_keys,
-    bodies,
+    SdkCase,
     check_against_vector,
-    content_types,
-    datetimes,
-    hosts,
-    methods,
-    queries,
-    regions,
-    sdk_sign,
-    secrets,
-    tokens,
+    sdk_cases,
     vector_credentials,
     vector_now,
     vector_params,
@@ -126,62 +117,32 @@ def test_the_vectors_cover_both_methods_and_every_header_rule() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    query=queries,
-    method=methods,
-    body=bodies,
-    content_type=content_types,
-    host=hosts,
-    ak=access_keys,
-    sk=secrets,
-    token=tokens,
-    now=datetimes,
-    region=regions,
-)
-def test_same_headers_and_query_as_the_official_sdk(
-    query: dict[str, str | list[str]],
-    method: str,
-    body: bytes | str,
-    content_type: str | None,
-    host: str,
-    ak: str,
-    sk: str,
-    token: str,
-    now: datetime,
-    region: str,
-) -> None:
-    pytest.importorskip("volcengine", reason="the official SDK is a test dependency")
+@given(case=sdk_cases)
+def test_same_headers_and_query_as_the_official_sdk(case: SdkCase) -> None:
+    expected = case.sdk_headers()
     from volcengine.util.Util import Util
 
-    headers = {"Host": host}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    expected = sdk_sign(
-        method=method,
-        path="/",
-        query=query,
-        headers=headers,
-        body=body,
-        ak=ak,
-        sk=sk,
-        token=token,
-        region=region,
-        service="rtc",
-        now=now,
-    )
     auth = VolcengineAuth(
-        Credentials(ak, sk, token), region=region, host=host, clock=fixed_clock(now)
+        Credentials(case.ak, case.sk, case.token),
+        region=case.region,
+        host=case.host,
+        clock=fixed_clock(case.now),
     )
-    content = body.encode() if isinstance(body, str) else body
     request = signed(
         auth,
-        httpx.Request(method, f"https://{host}/", params=query, headers=headers, content=content),
+        httpx.Request(
+            case.method,
+            f"https://{case.host}/",
+            params=case.query,
+            headers=case.headers,
+            content=case.body_bytes,
+        ),
     )
     for name, value in expected.items():
         assert request.headers[name] == value, name
     # The query on the wire is the SDK's, byte for byte.
     assert request.url.query.decode("ascii") == Util.norm_query(
-        {key: list(v) if not isinstance(v, str) else v for key, v in query.items()}
+        {key: list(v) if not isinstance(v, str) else v for key, v in case.query.items()}
     )
 
 

@@ -15,18 +15,10 @@ from _signing_support import (
     DATA,
     VECTORS,
     VECTORS_PATH,
-    access_keys,
-    bodies,
+    SdkCase,
     check_against_vector,
-    content_types,
-    datetimes,
-    hosts,
-    methods,
     queries,
-    regions,
-    sdk_sign,
-    secrets,
-    tokens,
+    sdk_cases,
     vector_credentials,
     vector_now,
     vector_params,
@@ -153,60 +145,24 @@ def test_signer_matches_vector(vector: dict[str, Any]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    query=queries,
-    method=methods,
-    body=bodies,
-    content_type=content_types,
-    host=hosts,
-    ak=access_keys,
-    sk=secrets,
-    token=tokens,
-    now=datetimes,
-    region=regions,
-)
-def test_same_headers_as_the_official_sdk(
-    query: dict[str, str | list[str]],
-    method: str,
-    body: bytes | str,
-    content_type: str | None,
-    host: str,
-    ak: str,
-    sk: str,
-    token: str,
-    now: datetime,
-    region: str,
-) -> None:
-    pytest.importorskip("volcengine", reason="the official SDK is a test dependency")
-    headers = {"Host": host}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    expected = sdk_sign(
-        method=method,
-        path="/",
-        query=query,
-        headers=headers,
-        body=body,
-        ak=ak,
-        sk=sk,
-        token=token,
-        region=region,
-        service="rtc",
-        now=now,
+@given(case=sdk_cases)
+def test_same_headers_as_the_official_sdk(case: SdkCase) -> None:
+    expected = case.sdk_headers()
+    signer = Signer(Credentials(case.ak, case.sk, case.token), region=case.region)
+    general = signer.sign_headers(
+        method=case.method, query=case.query, headers=case.headers, body=case.body, now=case.now
     )
-    signer = Signer(Credentials(ak, sk, token), region=region)
-    general = signer.sign_headers(method=method, query=query, headers=headers, body=body, now=now)
     assert general.headers["Authorization"] == expected["Authorization"]
     assert general.headers["X-Content-Sha256"] == expected["X-Content-Sha256"]
     assert general.headers == expected
 
     fast = signer.sign(
-        method=method,
-        host=host,
-        query=query,
-        body=body.encode() if isinstance(body, str) else body,
-        content_type=content_type,
-        now=now,
+        method=case.method,
+        host=case.host,
+        query=case.query,
+        body=case.body_bytes,
+        content_type=case.content_type,
+        now=case.now,
     )
     assert fast.headers == expected
     assert fast.query_string == general.query_string
