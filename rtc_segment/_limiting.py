@@ -176,7 +176,7 @@ class LocalRateLimiter:
         self._first_rate = (
             self._qps * self._utilization
             if self._utilization is not None
-            else paced_rate(self._qps, 0.0, STARTING_MARGIN)
+            else paced_rate(self._qps, STARTING_MARGIN)
         )
         self._pacers = _PerLoop(self._new_pacer)
 
@@ -256,7 +256,7 @@ class LocalRateLimiter:
             self._repace(pacer)
 
     def _repace(self, pacer: _LoopPacer) -> None:
-        pacer.bucket.rate = paced_rate(self._qps, 0.0, pacer.margin.pace(pacer.bucket.now()))
+        pacer.bucket.rate = paced_rate(self._qps, pacer.margin.pace(pacer.bucket.now()))
 
     def _new_pacer(self) -> _LoopPacer:
         capacity = 1 + CATCH_UP

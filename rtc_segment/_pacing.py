@@ -50,12 +50,10 @@ _ON_TIME = 1e-6
 _STRICTLY_BELOW = 1 - 1e-6
 
 
-def paced_rate(qps: float, slack: float, margin: float) -> float:
-    """The highest send rate that keeps arrivals under ``qps`` despite ``margin`` of jitter.
-
-    ``slack`` is how many requests more than one a burst may hold (0 for exact spacing).
-    """
-    return (qps - slack) / (1.0 + margin) * _STRICTLY_BELOW
+def paced_rate(qps: float, margin: float) -> float:
+    """The highest send rate that keeps arrivals under ``qps`` despite ``margin`` of jitter:
+    sends spaced exactly this far apart put at most ``qps`` in any ``1 + margin`` seconds."""
+    return qps / (1.0 + margin) * _STRICTLY_BELOW
 
 
 class _Send:

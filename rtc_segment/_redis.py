@@ -177,7 +177,7 @@ class RedisRateLimiter:
         self._rate = (
             self._qps * self._utilization
             if self._utilization is not None
-            else paced_rate(self._qps, 0.0, STARTING_MARGIN)
+            else paced_rate(self._qps, STARTING_MARGIN)
         )
         self._interval_us = _interval_us(self._rate)
         self._redis_timeout = float(redis_timeout)
@@ -277,7 +277,7 @@ class RedisRateLimiter:
 
     def _repace(self) -> None:
         margin = self._margin.margin(time.monotonic())
-        self._rate = paced_rate(self._qps, 0.0, margin)
+        self._rate = paced_rate(self._qps, margin)
         self._interval_us = _interval_us(self._rate)
 
     @property

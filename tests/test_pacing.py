@@ -84,12 +84,13 @@ def test_throttles_double_the_widening_once_per_second_and_it_halves_every_30_s(
 
 
 def test_the_paced_rate_keeps_any_second_of_arrivals_under_the_ceiling() -> None:
-    qps, slack = 60.0, 0.1
+    qps = 60.0
     for jitter in (0.0, 0.005, 0.02, 0.1):
-        rate = paced_rate(qps, slack, jitter)
-        # Sends in any (1 + jitter) s window: at most floor(1 + slack + (1 + jitter) * rate).
-        assert math.floor(1 + slack + (1 + jitter) * rate) <= qps
-        assert rate > 0.99 * (qps - slack) / (1 + jitter)
+        rate = paced_rate(qps, jitter)
+        # Sends exactly 1 / rate apart: at most floor(1 + (1 + jitter) * rate) in any
+        # closed (1 + jitter) s window, so at most qps in a half-open one.
+        assert math.floor(1 + (1 + jitter) * rate) <= qps
+        assert rate > 0.99 * qps / (1 + jitter)
 
 
 def fixed(window: float) -> Callable[[float | None], float]:
