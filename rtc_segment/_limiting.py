@@ -134,7 +134,6 @@ class _LoopPacer:
     # One waiter at a time checks the log and the bucket, so nothing can be sent between
     # its check and its send (and waiters go in arrival order).
     turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
-    last_release: float = float("-inf")
 
 
 class LocalRateLimiter:
@@ -220,7 +219,7 @@ class LocalRateLimiter:
         # that one catches up).
         paused = (
             not pacer.turn.locked()
-            and bucket.now() - pacer.last_release > _PAUSE_INTERVALS / bucket.rate
+            and bucket.now() - pacer.sends.last_sent > _PAUSE_INTERVALS / bucket.rate
         )
         async with pacer.turn:
             # The log first: waiting on it consumes nothing, so a cancelled waiter leaves
@@ -238,7 +237,6 @@ class LocalRateLimiter:
                 pacer.sends.record(now + 1 / bucket.rate, sent=now)
             else:
                 pacer.sends.record(now)
-            pacer.last_release = now
 
     def observe_round_trip(self, seconds: float) -> None:
         """Feedback from a client: one request took ``seconds`` from send to answer."""

@@ -129,6 +129,11 @@ class SendLog:
                 return True
         return False
 
+    @property
+    def last_sent(self) -> float:
+        """When the latest send left (``-inf`` before any)."""
+        return self._sends[-1].sent if self._sends else float("-inf")
+
     def __len__(self) -> int:
         return len(self._sends)
 

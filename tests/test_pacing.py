@@ -192,7 +192,9 @@ def test_a_send_counted_late_keeps_when_it_left() -> None:
     # The first send after a pause counts one interval late, but its answer is matched by
     # when it actually left.
     log = SendLog(1, horizon=10.0)
+    assert log.last_sent == float("-inf")
     log.record(1.1, sent=1.0)
+    assert log.last_sent == 1.0
     assert log.answered(1.0, 0.05)
     assert log.wait(1.5, lambda rt: 1.0 + (rt or 0.0)) == pytest.approx(1.1 + 1.05 - 1.5)
 
