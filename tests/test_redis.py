@@ -106,15 +106,46 @@ def private_client(server: RedisExecutor, **kwargs: Any) -> Redis:
     return Redis(host=server.host, port=server.port, password=PRIVATE_PASSWORD, **kwargs)
 
 
-# Release times are read off this process's event loop in real time: on a busy machine a
-# wake-up can run this late, squeezing two releases together although Redis spaced their
-# slots correctly. The ceiling is checked over windows this much shorter than a second.
+# Release times are read off this process's event loop in real time: a wake-up can run
+# late, squeezing two releases together although Redis spaced their slots correctly. The
+# ceiling is checked over windows shorter than a second by this much at least, and by how
+# late the loop was seen to run during the test (a stall of the test process, which a
+# busy CI machine produces now and then, squeezes releases by its whole length).
 WAKE_UP_JITTER = 0.02
+#: Lateness the loop-lag probe cannot see: its own timer's resolution, reading an answer.
+PROBE_SLACK = 0.005
 
 
-def max_in_second(times: list[float]) -> int:
+class LoopLag:
+    """How late this event loop ran while the probe watched: the worst lateness of a 1 ms
+    timer. A test's release times can be squeezed together by at most about this much."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.001
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, loop.time() - due)
+
+
+@pytest.fixture
+async def loop_lag() -> AsyncIterator[LoopLag]:
+    """A probe of the event loop's lateness, watching for the whole test."""
+    lag = LoopLag()
+    watcher = asyncio.create_task(lag.watch())
+    yield lag
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+
+
+def max_in_second(times: list[float], lag: LoopLag) -> int:
     """The most releases in any sliding second, allowing for late wake-ups."""
-    return max_in_window(times, seconds=1.0 - WAKE_UP_JITTER)
+    allowance = max(WAKE_UP_JITTER, lag.worst + PROBE_SLACK)
+    return max_in_window(times, seconds=1.0 - allowance)
 
 
 async def acquire_all(limiter: RedisRateLimiter, count: int) -> list[float]:
@@ -257,18 +288,20 @@ async def test_redis_holds_nothing_but_a_timestamp(redis: Redis) -> None:
 
 
 async def test_no_sliding_second_exceeds_the_ceiling_and_95_percent_is_used(
-    redis: Redis,
+    redis: Redis, loop_lag: LoopLag
 ) -> None:
     qps = 200.0
     limiter = RedisRateLimiter(redis, key="ceiling", qps=qps)
     released = await acquire_all(limiter, 360)
-    assert max_in_second(released) <= qps
+    assert max_in_second(released, loop_lag) <= qps
     assert rate(released) >= 0.95 * qps
     assert limiter.stats.reservations == 360
     assert limiter.stats.failures == 0
 
 
-async def test_limiters_on_one_key_share_one_ceiling_fairly(redis_server: RedisExecutor) -> None:
+async def test_limiters_on_one_key_share_one_ceiling_fairly(
+    redis_server: RedisExecutor, loop_lag: LoopLag
+) -> None:
     qps = 300.0
     clients = [Redis(host=redis_server.host, port=redis_server.port) for _ in range(2)]
     try:
@@ -280,7 +313,7 @@ async def test_limiters_on_one_key_share_one_ceiling_fairly(redis_server: RedisE
         for client in clients:
             await client.aclose()
     everything = first_times + second_times
-    assert max_in_second(everything) <= qps
+    assert max_in_second(everything, loop_lag) <= qps
     assert rate(everything) >= 0.95 * qps
     # Fair: while both had work, each got about half of the slots.
     both_busy_until = min(max(first_times), max(second_times))
@@ -301,7 +334,7 @@ async def test_limiters_on_other_keys_do_not_share(redis: Redis) -> None:
 
 
 async def test_more_waiters_than_the_connection_pool_all_succeed(
-    redis_server: RedisExecutor,
+    redis_server: RedisExecutor, loop_lag: LoopLag
 ) -> None:
     qps = 500.0
     client = Redis(host=redis_server.host, port=redis_server.port, max_connections=10)
@@ -313,11 +346,13 @@ async def test_more_waiters_than_the_connection_pool_all_succeed(
         await client.aclose()
     assert len(released) == 500
     assert limiter.stats.failures == 0
-    assert max_in_second(released) <= qps
+    assert max_in_second(released, loop_lag) <= qps
     assert "max_pending=10" in repr(limiter)
 
 
-async def test_cancelled_waiters_lose_at_most_their_own_slots(redis: Redis) -> None:
+async def test_cancelled_waiters_lose_at_most_their_own_slots(
+    redis: Redis, loop_lag: LoopLag
+) -> None:
     qps = 100.0
     limiter = RedisRateLimiter(redis, key="cancel", qps=qps, max_pending=8)
     released: list[float] = []
@@ -349,7 +384,7 @@ async def test_cancelled_waiters_lose_at_most_their_own_slots(redis: Redis) -> N
     assert len(later) == 60
     assert min(later) - cancelled_at <= backlog + 0.1
     assert rate(later) >= 0.95 * qps
-    assert max_in_second(released + later) <= qps
+    assert max_in_second(released + later, loop_lag) <= qps
 
 
 # --- scripts and failures --------------------------------------------------------------
