@@ -412,6 +412,9 @@ class Caller:
                 if not bound.expired():  # the limiter's own, not the deadline
                     raise
                 raise OutOfTime(sent=False) from None
+        # The round trip counts from here, the moment the limiter counted the send: any
+        # delay before the request leaves (signing, a stalled process) delays its arrival
+        # too, and the limiter's margin for it must see that.
         turn = budget.now()
         self._waits.add(budget.clock, turn, turn - asked)
         if observation is not None:
@@ -436,7 +439,6 @@ class Caller:
             # The attempt may take `timeout`, connect to last byte, and no longer than the
             # call's deadline leaves.
             limit = budget.cap(self._timeout)
-            started = budget.now()
             with budget.spending("in_attempts"):
                 if not self._shelter_exchanges:
                     bound = asyncio.timeout(limit)
@@ -463,7 +465,7 @@ class Caller:
                         if isinstance(stopped, TimeoutError):
                             raise self._timed_out(action.name, key, budget, limit) from None
                         raise
-            elapsed = budget.now() - started
+            elapsed = budget.now() - turn
         finally:
             if not handed_off:
                 self._release_slot()

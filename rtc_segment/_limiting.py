@@ -77,7 +77,8 @@ class PacingFeedback(Protocol):
     """
 
     def observe_round_trip(self, seconds: float) -> None:
-        """One request took ``seconds`` from send to the end of its answer."""
+        """One request took ``seconds`` from its turn (``acquire`` returning) to the end of
+        its answer."""
         ...
 
     def observe_throttle(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import pytest
@@ -119,6 +120,48 @@ async def test_bad_deadlines_are_refused_before_anything_is_sent(
         with pytest.raises(error, match="deadline"):
             await client.stop_segment(*KEY, deadline=bad)  # type: ignore[arg-type]
     assert emulator.count() == 0
+
+
+# -- the round trip the limiter learns from ---------------------------------------------------
+
+
+class FeedbackRecorder:
+    """A limiter that never waits and keeps the feedback a client gives it."""
+
+    qps = 60.0
+
+    def __init__(self) -> None:
+        self.round_trips: list[float] = []
+
+    async def acquire(self) -> None:
+        return None
+
+    def observe_round_trip(self, seconds: float) -> None:
+        self.round_trips.append(seconds)
+
+    def observe_throttle(self) -> None:
+        return None
+
+
+async def test_the_round_trip_counts_from_when_the_limiter_let_the_request_go() -> None:
+    # A stall after the limiter's go and before the request leaves (a descheduled process,
+    # a slow hook; here the signing clock) delays its arrival just as a slow network would:
+    # the limiter's margins must see it. In real time: the stall is a blocking sleep, and
+    # the round trip can only come out longer than it, never shorter, however busy the
+    # machine.
+    stall = 0.03
+    emulator = Emulator(qps=None)
+    emulator.add_task(*KEY)
+    limiter = FeedbackRecorder()
+
+    def stalling_clock() -> Any:
+        time.sleep(stall)
+        return emulator.wall_clock()
+
+    async with client_on(emulator, limiter=limiter, clock=stalling_clock) as client:
+        await client.get_segment_task(*KEY)
+    assert len(limiter.round_trips) == 1
+    assert limiter.round_trips[0] >= stall
 
 
 # -- interactive before bulk --------------------------------------------------------------------
