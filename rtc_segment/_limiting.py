@@ -240,7 +240,7 @@ class LocalRateLimiter:
                 pacer.sends.record(now)
 
     def observe_round_trip(self, seconds: float) -> None:
-        """Feedback from a client: one request took ``seconds`` from send to answer."""
+        """Feedback from a client: one request took ``seconds`` from its turn to its answer."""
         if self._utilization is None:
             pacer = self._pacers.get()
             pacer.sends.answered(pacer.bucket.now() - seconds, seconds)

@@ -152,8 +152,8 @@ class JitterMargin:
     * ``pace(now)``: the margin the send rate allows for on average: the mean of recent
       round trips minus the least.
 
-    Both are at least :data:`MIN_MARGIN`, at most :data:`MAX_MARGIN`; before
-    :data:`STARTING_MARGIN` samples are known, both are the starting margin.
+    Both are at least :data:`MIN_MARGIN`, at most :data:`MAX_MARGIN`; until 16 round
+    trips are known, both are :data:`STARTING_MARGIN`.
     """
 
     __slots__ = ("_boost", "_boost_at", "_floor", "_pending", "_samples", "_spread", "_typical")

@@ -269,7 +269,7 @@ class RedisRateLimiter:
         return self._utilization is None
 
     def observe_round_trip(self, seconds: float) -> None:
-        """Feedback from a client: one request took ``seconds`` from send to answer."""
+        """Feedback from a client: one request took ``seconds`` from its turn to its answer."""
         if self._utilization is None and self._margin.record(seconds):
             self._repace()
 
