@@ -45,8 +45,7 @@ _KEY_PREFIX = "rtc_segment:ratelimit:"
 logger = logging.getLogger("rtc_segment.redis")
 
 #: GCRA with a burst of one. KEYS[1]: the key; ARGV[1]: the emission interval in whole
-#: microseconds. Returns the wait before the reserved slot and the slot itself (on the
-#: Redis server's clock), in microseconds.
+#: microseconds. Returns the wait before the reserved slot, in microseconds.
 #:
 #: Times are integers of microseconds (about 1.7e15 today: exact in Lua's doubles until
 #: the year 2255) and are stored with %d, because Lua's own number formatting (%.14g)
@@ -61,7 +60,7 @@ if slot == nil or slot < now then slot = now end
 local next_slot = slot + interval
 local ttl_ms = math.ceil((next_slot - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%d', next_slot), 'PX', ttl_ms)
-return {slot - now, slot}
+return slot - now
 """
 
 #: The name EVALSHA knows the script by: Redis computes the same SHA-1 of its text.
@@ -179,7 +178,6 @@ class RedisRateLimiter:
         # How late this process's sends go after their slots (see acquire): its spread
         # widens the margin as the round trips' does.
         self._lateness = JitterMargin()
-        self._lateness_origin: float | None = None
         self._rate = (
             self._qps * self._utilization
             if self._utilization is not None
@@ -281,21 +279,12 @@ class RedisRateLimiter:
             self._margin.throttled(time.monotonic())
             self._repace()
 
-    def _released_late(self, slot: float) -> None:
-        """A send goes now, for a slot at ``slot`` on the Redis server's clock.
-
-        It goes after its slot by the way back from Redis, its wake-up and any stall of
-        this process; its arrival is that much later too, which no round trip the client
-        reports shows, so the spread of that lateness widens the margin. The two clocks
-        differ by a constant, which the spread does not see: lateness is counted from the
-        first send's (plus a second, to keep it positive).
-        """
-        if self._utilization is None:
-            lateness = asyncio.get_running_loop().time() - slot
-            if self._lateness_origin is None:
-                self._lateness_origin = lateness - 1.0
-            if self._lateness.record(lateness - self._lateness_origin):
-                self._repace()
+    def _released_late(self, seconds: float) -> None:
+        """A send went ``seconds`` after its slot at most (the Redis round trip, a late
+        wake-up, a stalled process). Its arrival is that much later too, which no round
+        trip the client reports shows: the spread of these widens the margin."""
+        if self._utilization is None and self._lateness.record(max(0.0, seconds)):
+            self._repace()
 
     def _repace(self) -> None:
         margin = self._margin.margin(time.monotonic()) + (self._lateness.spread or 0.0)
@@ -333,8 +322,10 @@ class RedisRateLimiter:
                         # During an outage one caller at a time probes Redis; the others
                         # fail fast or pace locally instead of each waiting out a timeout.
                         self._probing = probe
+                        loop = asyncio.get_running_loop()
+                        asked = loop.time()
                         try:
-                            wait, slot = await self._reserve()
+                            wait = await self._reserve()
                         except _REDIS_FAILURES as exc:
                             self._enter_outage(exc)
                         else:
@@ -344,7 +335,9 @@ class RedisRateLimiter:
                                 # this instance reserves: fairness, and at most one slot
                                 # lost per cancelled caller.
                                 await asyncio.sleep(wait)
-                            self._released_late(slot)
+                            # The slot began `wait` after the script ran, somewhere in the
+                            # round trip: at the latest, this send goes this much after it.
+                            self._released_late(loop.time() - (asked + wait))
                             return
                         finally:
                             if probe:
@@ -367,16 +360,15 @@ class RedisRateLimiter:
             return True
         return not self._probing and time.monotonic() >= self._retry_at
 
-    async def _reserve(self) -> tuple[float, float]:
-        """Reserve the next slot: one atomic round trip. Returns the wait and the slot (on
-        the Redis server's clock), in seconds."""
+    async def _reserve(self) -> float:
+        """Reserve the next slot: one atomic round trip. Returns the wait in seconds."""
         started = time.perf_counter()
-        wait_us, slot_us = await asyncio.wait_for(self._reserve_slot(), self._redis_timeout)
+        wait_us = await asyncio.wait_for(self._reserve_slot(), self._redis_timeout)
         self._redis_seconds += time.perf_counter() - started
         self._reservations += 1
-        return wait_us / 1_000_000, slot_us / 1_000_000
+        return wait_us / 1_000_000
 
-    async def _reserve_slot(self) -> tuple[int, int]:
+    async def _reserve_slot(self) -> int:
         """Run the script; if the connection broke, once more on a new connection.
 
         The retry is ours, whatever the client's retry settings (see the design notes):
@@ -426,9 +418,7 @@ class RedisRateLimiter:
         )
 
 
-async def _run_script(
-    connection: AbstractConnection, key: str, interval_us: int
-) -> tuple[int, int]:
+async def _run_script(connection: AbstractConnection, key: str, interval_us: int) -> int:
     """One reservation on ``connection``: EVALSHA, or EVAL if Redis lacks the script.
 
     The command goes to the connection directly, not through ``Redis.evalsha``, so that
@@ -439,11 +429,11 @@ async def _run_script(
     try:
         try:
             await connection.send_command("EVALSHA", _GCRA_SHA, 1, key, interval_us)
-            answer = await connection.read_response()
+            return int(await connection.read_response())
         except NoScriptError:
             # After a restart or SCRIPT FLUSH. EVAL runs the script and caches it again.
             await connection.send_command("EVAL", _GCRA_SCRIPT, 1, key, interval_us)
-            answer = await connection.read_response()
+            return int(await connection.read_response())
     except ResponseError:
         raise  # an error answer was read in full: the connection is still in step
     except BaseException:
@@ -451,8 +441,6 @@ async def _run_script(
         # answer may still be on its way, and the next command must never read it.
         await connection.disconnect(nowait=True)
         raise
-    wait_us, slot_us = answer
-    return int(wait_us), int(slot_us)
 
 
 def _connection_pool(redis: object) -> ConnectionPool:
