@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ._errors import RateLimiterUnavailableError
 from ._limiting import LocalRateLimiter
-from ._pacing import MAX_MARGIN, STARTING_MARGIN, JitterMargin, paced_rate
+from ._pacing import STARTING_MARGIN, JitterMargin, paced_rate
 from ._validation import check_int, check_number
 
 if TYPE_CHECKING:
@@ -120,8 +120,7 @@ class RedisRateLimiter:
         qps: The ceiling in requests per second (the service allows 60 per account).
         utilization: ``None`` (the default) adapts, like :class:`LocalRateLimiter`: the
             slots stay shared, and each process spaces the slots it reserves by a margin
-            learnt from its own round trips (:meth:`observe_round_trip`) and from how
-            late its sends go after their slots (a busy process wakes late), and widened at
+            learnt from its own round trips (:meth:`observe_round_trip`) and widened at
             once by a throttled answer (:meth:`observe_throttle`). A fraction in (0, 1)
             fixes the spacing at ``1 / (utilization * qps)`` instead (0.1's behaviour, at
             0.99).
@@ -175,9 +174,6 @@ class RedisRateLimiter:
         # The margin is this process's; the slots are everyone's. GCRA with a burst of one
         # needs no slack: 1 + (1 + margin) * rate < qps + 1.
         self._margin = JitterMargin()
-        # How late this process's sends go after their slots (see acquire): its spread
-        # widens the margin as the round trips' does.
-        self._lateness = JitterMargin()
         self._rate = (
             self._qps * self._utilization
             if self._utilization is not None
@@ -279,16 +275,9 @@ class RedisRateLimiter:
             self._margin.throttled(time.monotonic())
             self._repace()
 
-    def _released_late(self, seconds: float) -> None:
-        """A send went ``seconds`` after its slot at most (the Redis round trip, a late
-        wake-up, a stalled process). Its arrival is that much later too, which no round
-        trip the client reports shows: the spread of these widens the margin."""
-        if self._utilization is None and self._lateness.record(max(0.0, seconds)):
-            self._repace()
-
     def _repace(self) -> None:
-        margin = self._margin.margin(time.monotonic()) + (self._lateness.spread or 0.0)
-        self._rate = paced_rate(self._qps, min(MAX_MARGIN, margin))
+        margin = self._margin.margin(time.monotonic())
+        self._rate = paced_rate(self._qps, margin)
         self._interval_us = _interval_us(self._rate)
 
     @property
@@ -322,8 +311,6 @@ class RedisRateLimiter:
                         # During an outage one caller at a time probes Redis; the others
                         # fail fast or pace locally instead of each waiting out a timeout.
                         self._probing = probe
-                        loop = asyncio.get_running_loop()
-                        asked = loop.time()
                         try:
                             wait = await self._reserve()
                         except _REDIS_FAILURES as exc:
@@ -335,9 +322,6 @@ class RedisRateLimiter:
                                 # this instance reserves: fairness, and at most one slot
                                 # lost per cancelled caller.
                                 await asyncio.sleep(wait)
-                            # The slot began `wait` after the script ran, somewhere in the
-                            # round trip: at the latest, this send goes this much after it.
-                            self._released_late(loop.time() - (asked + wait))
                             return
                         finally:
                             if probe:
