@@ -1,4 +1,5 @@
-"""Tests for rtc_segment._caller: deadlines and interactive-before-bulk, in virtual time.
+"""Tests for rtc_segment._caller: deadlines and interactive-before-bulk, in virtual time,
+and the round trip fed back to the limiter (in real time: it times a blocking stall).
 
 The rest of the HTTP path (retries, classification, cancellation) is tested through the
 client in tests/test_client.py, tests/test_transports.py and tests/reliability/.
