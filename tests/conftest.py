@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
+from _short_paths import make_short_directory
 
 from rtc_segment import set_call_hooks
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-redis's ``redis_proc`` keeps its unix socket in its data directory: give it
+    one whose path does not grow with the clone's (see ``tests/_short_paths.py``)."""
+    if getattr(config.option, "redis_datadir", None) is None and not config.getini("redis_datadir"):
+        directory = make_short_directory("rtcs-redis-")
+        config.option.redis_datadir = str(directory)
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from typing import Any
 import port_for
 import pytest
 import redis as redis_py
+from _short_paths import short_directory
 from pytest_redis.executor import RedisExecutor
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -71,13 +72,15 @@ def start_redis_server(datadir: Path, password: str | None = None) -> RedisExecu
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
+def redis_server() -> Iterator[RedisExecutor]:
     """The session's redis-server, shared by the tests that do not stop it."""
-    server = start_redis_server(tmp_path_factory.mktemp("redis-session"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    # Its unix socket lives in its data directory: a short path, wherever the clone is.
+    with short_directory("rtcs-redis-") as datadir:
+        server = start_redis_server(datadir)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture
@@ -90,16 +93,17 @@ async def redis(redis_server: RedisExecutor) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisExecutor]:
+def private_server() -> Iterator[RedisExecutor]:
     """A redis-server of this test alone, which the test may stop, pause or restart."""
-    server = start_redis_server(tmp_path_factory.mktemp("redis"), password=PRIVATE_PASSWORD)
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            # A paused server cannot stop; let it run again first.
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
+    with short_directory("rtcs-redis-") as datadir:
+        server = start_redis_server(datadir, password=PRIVATE_PASSWORD)
+        try:
+            yield server
+        finally:
+            if server.process is not None:
+                # A paused server cannot stop; let it run again first.
+                os.kill(server.process.pid, signal.SIGCONT)
+            server.stop()
 
 
 def private_client(server: RedisExecutor, **kwargs: Any) -> Redis:
