@@ -264,7 +264,7 @@ class AlwaysRefused(StaticCredentialsProvider):
 
     def reject(self, credentials: Credentials) -> bool:
         self.rejected += 1
-        return True
+        return self.rejected < 10  # keeps a looping client from hanging the test
 
 
 async def test_refused_credentials_are_retried_once_never_in_a_loop() -> None:
