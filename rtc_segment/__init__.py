@@ -72,6 +72,7 @@ from ._models import (
 from ._providers import (
     CredentialsProvider,
     EnvironmentCredentialsProvider,
+    IssuedCredentials,
     RefreshingCredentialsProvider,
     StaticCredentialsProvider,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "EcsRoleCredentialsProvider",
     "EnvironmentCredentialsProvider",
     "InvalidParameterError",
+    "IssuedCredentials",
     "LocalRateLimiter",
     "OidcCredentialsProvider",
     "OutcomeStream",

@@ -227,11 +227,20 @@ def as_provider(credentials: Credentials | CredentialsProvider) -> CredentialsPr
 
 @attrs.frozen(repr=False)
 class IssuedCredentials:
-    """Temporary credentials as an issuer (STS, instance metadata) handed them out."""
+    """Temporary credentials as an issuer (STS, instance metadata) handed them out.
+
+    Args:
+        credentials: The key, with its session token.
+        expires_at: When they stop working (an aware datetime).
+    """
 
     credentials: Credentials
-    #: When they stop working (aware datetime).
-    expires_at: datetime
+    expires_at: datetime = attrs.field()
+
+    @expires_at.validator
+    def _aware(self, _attribute: object, value: datetime) -> None:
+        if not isinstance(value, datetime) or value.utcoffset() is None:
+            raise ValueError("expires_at must be a timezone-aware datetime")
 
     def __repr__(self) -> str:
         return f"IssuedCredentials({self.credentials!r}, expires_at={self.expires_at.isoformat()})"
@@ -245,7 +254,7 @@ _RETRY_CAP = 30.0
 class RefreshingCredentialsProvider:
     """Base of the providers of temporary credentials: caching, refresh, single flight.
 
-    Subclasses implement :meth:`_fetch`. Credentials are refreshed once
+    Subclasses implement :meth:`fetch`. Credentials are refreshed once
     ``refresh_buffer`` seconds or less remain: in the background while they still serve
     (calls go on signing with them), and with calls waiting only in the last
     ``min(5, refresh_buffer / 2)`` seconds -- or when none were fetched yet, or the service
@@ -284,8 +293,16 @@ class RefreshingCredentialsProvider:
         """A short description for messages and logs."""
         return type(self).__name__
 
-    async def _fetch(self) -> IssuedCredentials:
-        """Fetch new credentials (bounded by the subclass's own timeouts and retries)."""
+    async def fetch(self) -> IssuedCredentials:
+        """Fetch new credentials from the issuer; what a subclass implements.
+
+        Called by the base class only (one at a time); bound it with timeouts and tries
+        of its own. Raise :class:`CredentialsUnavailableError` with a message that names
+        no secret when it fails.
+
+        Returns:
+            The credentials and when they expire.
+        """
         raise NotImplementedError
 
     # -- the protocol ---------------------------------------------------------------------
@@ -355,7 +372,7 @@ class RefreshingCredentialsProvider:
         return task
 
     async def _refresh(self) -> Credentials:
-        issued = await self._fetch()
+        issued = await self.fetch()
         credentials = issued.credentials
         expires = issued.expires_at.timestamp()
         buffer = self._refresh_buffer

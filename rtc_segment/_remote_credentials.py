@@ -359,7 +359,7 @@ class AssumeRoleCredentialsProvider(_StsProvider):
     def __repr__(self) -> str:
         return f"AssumeRoleCredentialsProvider({self._role_trn!r}, endpoint={self.endpoint!r})"
 
-    async def _fetch(self) -> IssuedCredentials:
+    async def fetch(self) -> IssuedCredentials:
         source = await self._source.load()
         signer = Signer(source, region=self._region, service="sts")
         query = {"Action": "AssumeRole", "Version": STS_VERSION, **self._params(self._role_trn)}
@@ -471,7 +471,7 @@ class OidcCredentialsProvider(_StsProvider):
             )
         return token
 
-    async def _fetch(self) -> IssuedCredentials:
+    async def fetch(self) -> IssuedCredentials:
         form = {**self._params(self._role_trn), "OIDCToken": self._read_token()}
         body = urllib.parse.urlencode(form).encode()
         query = canonical_query({"Action": "AssumeRoleWithOIDC", "Version": STS_VERSION})
@@ -550,7 +550,7 @@ class EcsRoleCredentialsProvider(RefreshingCredentialsProvider):
     def __repr__(self) -> str:
         return f"EcsRoleCredentialsProvider(role_name={self._role!r}, endpoint={self.endpoint!r})"
 
-    async def _fetch(self) -> IssuedCredentials:
+    async def fetch(self) -> IssuedCredentials:
         remote = self._remote
 
         def make_token_request() -> httpx.Request:

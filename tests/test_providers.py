@@ -15,10 +15,11 @@ from rtc_segment import (
     CredentialsProvider,
     CredentialsUnavailableError,
     EnvironmentCredentialsProvider,
+    IssuedCredentials,
     RefreshingCredentialsProvider,
     StaticCredentialsProvider,
 )
-from rtc_segment._providers import IssuedCredentials, as_provider
+from rtc_segment._providers import as_provider
 
 KEY = Credentials("AKLTstatic", "static-secret")
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -47,7 +48,7 @@ class Issuer(RefreshingCredentialsProvider):
         self.fail: Exception | None = None
         self.gate: asyncio.Event | None = None
 
-    async def _fetch(self) -> IssuedCredentials:
+    async def fetch(self) -> IssuedCredentials:
         self.calls += 1
         if self.gate is not None:
             await self.gate.wait()
@@ -214,3 +215,10 @@ async def test_a_caller_that_runs_out_of_time_leaves_the_fetch_to_the_next() -> 
 def test_the_refresh_buffer_is_checked() -> None:
     with pytest.raises(ValueError, match="refresh_buffer"):
         Issuer(Clock(), buffer=-1)
+
+
+def test_issued_credentials_need_an_aware_expiry_and_hide_the_secret() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        IssuedCredentials(KEY, datetime(2026, 1, 1))
+    issued = IssuedCredentials(KEY, START)
+    assert "static-secret" not in repr(issued) and "2026-01-01T00:00:00+00:00" in repr(issued)
