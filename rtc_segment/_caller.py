@@ -450,7 +450,7 @@ class Caller:
                 credentials, action, query, key, body, limiter, bulk, budget, observation
             )
         except AttemptFailed as failed:
-            failed.credentials = credentials
+            failed.credentials = failed.credentials or credentials
             raise
 
     async def _attempt_with(
@@ -549,7 +549,11 @@ class Caller:
                 response.status_code,
                 elapsed * 1000,
             )
-        return classify(response, payload, action.name, key)
+        try:
+            return classify(response, payload, action.name, key)
+        except AttemptFailed as failed:
+            failed.credentials = credentials  # the ones signed with, should they be refused
+            raise
 
     async def _take_turn(self, limiter: RateLimiter, bulk: bool) -> None:
         """Take a connection slot, then the limiter's next send time.
