@@ -272,3 +272,16 @@ async def test_the_older_credentials_file_still_works(
     async with SegmentClient(transport=emulator.transport(), clock=emulator.wall_clock) as client:
         await client.get_segment_task("a", "r", "t")
         assert "credentials file" in client._credentials.name
+
+
+def test_the_suite_never_reaches_the_real_instance_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # tests/conftest.py: the chain skips the instance role, and even a provider made
+    # directly defaults to a closed loopback port instead of the cloud's address.
+    assert "100.96.0.96" not in EcsRoleCredentialsProvider().endpoint
+    assert EcsRoleCredentialsProvider().endpoint.startswith("http://127.0.0.1:")
+    monkeypatch.setenv("VOLC_ACCESSKEY", "AK")
+    monkeypatch.setenv("VOLC_SECRETKEY", "s")
+    chain = DefaultCredentialsChain()
+    assert not [p for p in chain.providers if isinstance(p, EcsRoleCredentialsProvider)]

@@ -12,7 +12,7 @@ import pytest
 
 from rtc_segment import AuthenticationError, Backoff, EcsRoleCredentialsProvider, SegmentClient
 from rtc_segment._signing import Signer
-from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
+from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
 pytestmark = pytest.mark.looptime
 
@@ -136,3 +136,14 @@ async def test_an_expired_key_is_refused_as_an_invalid_security_token() -> None:
         await asyncio.sleep(100)
         with pytest.raises(AuthenticationError, match=r"InvalidSecurityToken.*has expired"):
             await client.get_segment_task("a", "r", "t")
+
+
+async def test_instance_metadata_takes_faults_like_any_action() -> None:
+    emulator = Emulator()
+    emulator.add_instance_role("worker")
+    emulator.faults.next(2, Fault.HTTP_503, action="imds:credentials")
+    provider = EcsRoleCredentialsProvider(
+        endpoint=BASE, transport=emulator.transport(), clock=emulator.wall_clock
+    )
+    assert (await provider.load()).session_token
+    assert emulator.count(action="imds:credentials") == 3  # two faults, then the answer
