@@ -146,6 +146,7 @@ class _Remote:
         timeout: float,
         attempts: int,
         what: str,
+        trust_env: bool,
     ) -> None:
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number, got {timeout!r}")
@@ -156,6 +157,7 @@ class _Remote:
         self._timeout = float(timeout)
         self._attempts = attempts
         self._what = what
+        self._trust_env = trust_env
         self._rng = random.Random()
 
     async def exchange(
@@ -199,8 +201,15 @@ class _Remote:
         if self._transport is not None:
             return await _round_trip(self._transport, request)
         # Fetches are rare (about one an hour): a connection of their own, closed after.
-        async with httpx.AsyncHTTPTransport() as transport:
-            return await _round_trip(transport, request)
+        # STS goes through the proxy the environment names, as the RTC requests do; the
+        # metadata service is on the instance's own link, never behind a proxy.
+        async with httpx.AsyncClient(trust_env=self._trust_env, follow_redirects=False) as http:
+            response = await http.send(request, stream=True)
+            try:
+                payload = await read_capped(response, "credentials", None)
+            finally:
+                await response.aclose()
+            return response.status_code, payload
 
     def request(
         self,
@@ -272,6 +281,7 @@ class _StsProvider(RefreshingCredentialsProvider):
             timeout=timeout,
             attempts=attempts,
             what="STS",
+            trust_env=True,
         )
         self._region = region
         self._duration = duration_seconds
@@ -535,6 +545,7 @@ class EcsRoleCredentialsProvider(RefreshingCredentialsProvider):
             timeout=timeout,
             attempts=attempts,
             what="instance metadata",
+            trust_env=False,
         )
 
     @property

@@ -6,11 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
-from rtc_segment import AuthenticationError, Backoff, EcsRoleCredentialsProvider, SegmentClient
+from rtc_segment import (
+    AuthenticationError,
+    Backoff,
+    CredentialsUnavailableError,
+    EcsRoleCredentialsProvider,
+    OidcCredentialsProvider,
+    SegmentClient,
+)
 from rtc_segment._signing import Signer
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
@@ -147,3 +155,23 @@ async def test_instance_metadata_takes_faults_like_any_action() -> None:
     )
     assert (await provider.load()).session_token
     assert emulator.count(action="imds:credentials") == 3  # two faults, then the answer
+
+
+async def test_sts_goes_through_the_environments_proxy_and_metadata_never_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    emulator = Emulator()
+    emulator.add_instance_role("worker")
+    emulator.add_oidc_token("token")
+    token_file = tmp_path / "token"
+    token_file.write_text("token", encoding="utf-8")
+    async with emulator.serve() as url:
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a closed loopback port
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        metadata = EcsRoleCredentialsProvider(endpoint=url, timeout=5.0)
+        assert (await metadata.load()).session_token
+        oidc = OidcCredentialsProvider(ROLE, token_file, endpoint=url, attempts=1)
+        with pytest.raises(CredentialsUnavailableError, match=r"ConnectError|ProxyError"):
+            await oidc.load()
+    assert emulator.count(action="AssumeRoleWithOIDC") == 0
