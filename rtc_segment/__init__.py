@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._auth import UnsafeRedirectError, VolcengineAuth
 from ._caller import Backoff
+from ._chain import CliConfigCredentialsProvider, DefaultCredentialsChain
 from ._client import SegmentClient
 from ._credentials import Credentials
 from ._endpoints import DEFAULT_ENDPOINT, SINGAPORE_ENDPOINT
@@ -21,6 +22,7 @@ from ._errors import (
     ClientClosedError,
     ClientTimeoutError,
     CredentialsError,
+    CredentialsUnavailableError,
     DeadlineExceededError,
     InvalidParameterError,
     RateLimiterUnavailableError,
@@ -67,6 +69,19 @@ from ._models import (
     Vendor,
     VodConfig,
 )
+from ._providers import (
+    CredentialsProvider,
+    EnvironmentCredentialsProvider,
+    IssuedCredentials,
+    RefreshingCredentialsProvider,
+    StaticCredentialsProvider,
+)
+from ._remote_credentials import (
+    AssumeRoleCredentialsProvider,
+    EcsRoleCredentialsProvider,
+    OidcCredentialsProvider,
+    role_trn,
+)
 from ._stats import ClientStats
 from ._version import __version__
 from ._watch import TaskWatch, WatchEvent
@@ -85,6 +100,7 @@ __all__ = [
     "SINGAPORE_ENDPOINT",
     "ActionResult",
     "ApiError",
+    "AssumeRoleCredentialsProvider",
     "AuthenticationError",
     "Backoff",
     "CallDetails",
@@ -92,19 +108,28 @@ __all__ = [
     "CallObserver",
     "CallRecorder",
     "CallResult",
+    "CliConfigCredentialsProvider",
     "ClientClosedError",
     "ClientStats",
     "ClientTimeoutError",
     "Control",
     "Credentials",
     "CredentialsError",
+    "CredentialsProvider",
+    "CredentialsUnavailableError",
     "CustomConfig",
     "DeadlineExceededError",
+    "DefaultCredentialsChain",
+    "EcsRoleCredentialsProvider",
+    "EnvironmentCredentialsProvider",
     "InvalidParameterError",
+    "IssuedCredentials",
     "LocalRateLimiter",
+    "OidcCredentialsProvider",
     "OutcomeStream",
     "RateLimiter",
     "RateLimiterUnavailableError",
+    "RefreshingCredentialsProvider",
     "ResponseFormatError",
     "RetryDetails",
     "RtcSegmentError",
@@ -114,6 +139,7 @@ __all__ = [
     "SegmentTask",
     "ServerError",
     "StartOutcome",
+    "StaticCredentialsProvider",
     "StopReason",
     "StorageConfig",
     "StorageType",
@@ -137,6 +163,7 @@ __all__ = [
     "WatchEvent",
     "__version__",
     "get_call_hooks",
+    "role_trn",
     "set_call_hooks",
 ]
 

@@ -22,14 +22,17 @@ from ._compat import warm_up_http_stack
 from ._credentials import Credentials
 from ._errors import (
     ApiError,
+    AuthenticationError,
     ClientClosedError,
     ClientTimeoutError,
+    CredentialsError,
     RtcSegmentError,
     ThrottledError,
 )
 from ._instrumentation import CallDetails, CallObservation, get_call_hooks
 from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
+from ._providers import CredentialsProvider, StaticCredentialsProvider
 from ._signing import Signer
 from ._stats import ClientStats, Counters, RecentWaits
 from ._version import __version__
@@ -127,7 +130,7 @@ class Caller:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: CredentialsProvider,
         *,
         base_url: str,
         host: str,
@@ -145,7 +148,12 @@ class Caller:
         self._max_retries = max_retries
         self._backoff = backoff
         self._clock = clock or _utc_now
-        self._signer = Signer(credentials, region=region, service="rtc")
+        self._credentials = credentials
+        # A fixed key is the signer's own; a provider's are passed per attempt.
+        fixed = None
+        if isinstance(credentials, StaticCredentialsProvider):
+            fixed = credentials.credentials
+        self._signer = Signer(fixed, region=region, service="rtc")
         url = httpx.URL(base_url)
         self._server = (url.host, url.port or (443 if url.scheme == "https" else 80))
         self._rng = random.Random()
@@ -316,6 +324,7 @@ class Caller:
         budget = Budget(clock, deadline)
         attempt = 0
         resigned_for_clock = False
+        refreshed_for_auth = False
         may_have_arrived = False
         last_error: RtcSegmentError | None = None
         while True:
@@ -333,6 +342,12 @@ class Caller:
                     last_error,
                     ambiguous=may_have_arrived or out.sent,
                 ) from None
+            except CredentialsError as unavailable:
+                # The provider could not supply credentials: nothing was sent.
+                unavailable.action = unavailable.action or action.name
+                unavailable.key = unavailable.key or key
+                counters.errors[type(unavailable).__name__] += 1
+                raise
             except AttemptFailed as failed:
                 error = last_error = failed.error
                 error.attempts = attempt
@@ -348,12 +363,26 @@ class Caller:
                     and error.code == "InvalidTimestamp"
                     and not resigned_for_clock
                 )
-                retry = clock_retry or (
-                    error.retryable
-                    and attempt <= self._max_retries
-                    and (retry_if_maybe_sent or not failed.sent)
+                # Temporary credentials the service refused (expired or revoked token) are
+                # cured by fetching new ones: once per call, never a loop.
+                auth_retry = (
+                    not clock_retry
+                    and not refreshed_for_auth
+                    and _refreshable_refusal(error)
+                    and failed.credentials is not None
+                    and self._credentials.reject(failed.credentials)
+                )
+                retry = (
+                    clock_retry
+                    or auth_retry
+                    or (
+                        error.retryable
+                        and attempt <= self._max_retries
+                        and (retry_if_maybe_sent or not failed.sent)
+                    )
                 )
                 resigned_for_clock = resigned_for_clock or clock_retry
+                refreshed_for_auth = refreshed_for_auth or auth_retry
                 if not retry:
                     counters.errors[type(error).__name__] += 1
                     raise error from None
@@ -402,6 +431,40 @@ class Caller:
         observation: CallObservation | None,
     ) -> tuple[ResponseMetadata, Any, int]:
         """One attempt: a slot, the limiter, a fresh signature, the exchange, the verdict."""
+        # The hot path: fresh credentials are an attribute read. Only when the provider
+        # has none usable does the call wait for a fetch -- before its limiter turn, so
+        # no send slot is held meanwhile -- and no longer than its deadline.
+        credentials = self._credentials.current()
+        if credentials is None:
+            with budget.spending("queued"):
+                bound = budget.bound()
+                try:
+                    async with bound:
+                        credentials = await self._credentials.load(timeout=budget.remaining())
+                except TimeoutError:
+                    if not bound.expired() and budget.covers(0.0):
+                        raise
+                    raise OutOfTime(sent=False) from None
+        try:
+            return await self._attempt_with(
+                credentials, action, query, key, body, limiter, bulk, budget, observation
+            )
+        except AttemptFailed as failed:
+            failed.credentials = failed.credentials or credentials
+            raise
+
+    async def _attempt_with(
+        self,
+        credentials: Credentials,
+        action: Action,
+        query: Mapping[str, str],
+        key: TaskKey | None,
+        body: bytes,
+        limiter: RateLimiter,
+        bulk: bool,
+        budget: Budget,
+        observation: CallObservation | None,
+    ) -> tuple[ResponseMetadata, Any, int]:
         asked = budget.now()
         with budget.spending("queued"):
             bound = budget.bound()
@@ -424,7 +487,9 @@ class Caller:
             self.check_open()
             if not budget.covers(0.0):  # the turn came just as the deadline ran out
                 raise OutOfTime(sent=False)
-            # Signed after the wait, so X-Date is fresh on every attempt.
+            # Signed after the wait, so X-Date is fresh on every attempt; the credentials
+            # too, if a refresh landed meanwhile.
+            credentials = self._credentials.current() or credentials
             signed = self._signer.sign(
                 method=action.method,
                 host=self._host,
@@ -433,6 +498,7 @@ class Caller:
                 body=body,
                 content_type="application/json" if action.method != "GET" else None,
                 now=self._clock(),
+                credentials=credentials,
             )
             request = self._sender.request(action.method, signed.query_string, signed.headers, body)
             self._counters.requests_sent += 1
@@ -483,7 +549,11 @@ class Caller:
                 response.status_code,
                 elapsed * 1000,
             )
-        return classify(response, payload, action.name, key)
+        try:
+            return classify(response, payload, action.name, key)
+        except AttemptFailed as failed:
+            failed.credentials = credentials  # the ones signed with, should they be refused
+            raise
 
     async def _take_turn(self, limiter: RateLimiter, bulk: bool) -> None:
         """Take a connection slot, then the limiter's next send time.
@@ -559,6 +629,24 @@ class Caller:
         self._release_slot()
         if not exchange.cancelled():
             exchange.exception()  # retrieved: its caller is gone, the outcome does not matter
+
+
+# Authentication failures that new credentials can cure; not a clock problem
+# (InvalidTimestamp) nor missing permissions (AccessDenied*, LackPolicy).
+_REFRESHABLE_CODES = frozenset(
+    {
+        "InvalidSecurityToken",
+        "InvalidAccessKey",
+        "InvalidClientTokenId",
+        "InvalidCredential",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+    }
+)
+
+
+def _refreshable_refusal(error: RtcSegmentError) -> bool:
+    return isinstance(error, AuthenticationError) and error.code in _REFRESHABLE_CODES
 
 
 # How fast the typical round trip follows new ones (an exponential moving average).

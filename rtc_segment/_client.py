@@ -25,6 +25,7 @@ from ._actions import (
 )
 from ._aiohttp import HTTP_BACKENDS, HttpBackend, aiohttp_transport
 from ._caller import Backoff, Caller
+from ._chain import DefaultCredentialsChain
 from ._credentials import Credentials
 from ._endpoints import DEFAULT_ENDPOINT
 from ._fanout import OutcomeStream, gather_outcomes
@@ -41,6 +42,7 @@ from ._models import (
     TaskOutcome,
 )
 from ._other_actions import call_action
+from ._providers import CredentialsProvider, StaticCredentialsProvider, as_provider
 from ._scheduling import KeyLike, check_deadline
 from ._signing import check_scope
 from ._stats import ClientStats
@@ -63,9 +65,14 @@ class SegmentClient:
     never exceed an action's ceiling -- a web app may build a client per request.
 
     Args:
-        credentials: Access key id and secret. ``None`` resolves them from the environment
-            (``VOLC_ACCESSKEY``, ``VOLC_SECRETKEY``, ``VOLC_SESSION_TOKEN``), then from
-            ``~/.volc/credentials``.
+        credentials: A :class:`Credentials` (a fixed key), or a
+            :class:`CredentialsProvider` asked on every attempt (e.g.
+            :class:`OidcCredentialsProvider`, whose temporary credentials are refreshed
+            before they expire). ``None`` uses :class:`DefaultCredentialsChain`: the
+            environment (``VOLCENGINE_ACCESS_KEY``/``VOLCENGINE_SECRET_KEY``, then
+            ``VOLC_ACCESSKEY``/``VOLC_SECRETKEY``), OIDC from the environment, the CLI's
+            config profile, ``~/.volc/credentials``, then the ECS instance role (see
+            ``docs/credentials.md``); its STS and metadata requests use ``clock`` too.
         endpoint: Base URL of the OpenAPI gateway. ``http://`` is accepted only for loopback
             hosts (e.g. the emulator) unless ``allow_insecure_http`` is set.
         region: Signing region (``cn-north-1`` for the default endpoint).
@@ -106,7 +113,7 @@ class SegmentClient:
 
     def __init__(
         self,
-        credentials: Credentials | None = None,
+        credentials: Credentials | CredentialsProvider | None = None,
         *,
         endpoint: str = DEFAULT_ENDPOINT,
         region: str = "cn-north-1",
@@ -124,22 +131,31 @@ class SegmentClient:
         allow_insecure_http: bool = False,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        resolved = Credentials.resolve(credentials)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning a datetime, not {clock!r}")
+        if credentials is None:
+            provider: CredentialsProvider = DefaultCredentialsChain(clock=clock)
+        else:
+            provider = as_provider(credentials)
         check_scope(region, "rtc")  # signed into the credential scope
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff or None, not {type(backoff).__name__}")
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be a callable returning a datetime, not {clock!r}")
         base_url, host = check_endpoint(endpoint, allow_insecure_http)
         check_api_version(api_version)
         if limiter is None:
             check_number("qps", qps, positive=True)
         elif not isinstance(limiter, RateLimiter):
             raise TypeError("limiter must provide `qps` and `async acquire()` (see RateLimiter)")
+        # Clients of one account share the process's limiters: a fixed key names its
+        # account; a provider's keys change with each refresh, so it is named by itself.
+        if isinstance(provider, StaticCredentialsProvider):
+            account = provider.credentials.access_key_id
+        else:
+            account = f"provider:{provider.name}"
         self._limiters = ActionLimiters(
             GET_SEGMENT_TASK.name,
             limiter,
-            account=resolved.access_key_id,
+            account=account,
             qps=qps,
             ceilings={action.name: action.qps for action in ACTIONS},
             overrides=action_limiters,
@@ -157,9 +173,14 @@ class SegmentClient:
         if transport is None and http_backend == "aiohttp":
             transport = aiohttp_transport(max_connections=max_connections)
         self._region = region
-        self._access_key_id = resolved.access_key_id
+        self._credentials_shown = (
+            f"access_key_id={account!r}"
+            if isinstance(provider, StaticCredentialsProvider)
+            else f"credentials={provider.name!r}"
+        )
+        self._credentials = provider
         self._caller = Caller(
-            resolved,
+            provider,
             base_url=base_url,
             host=host,
             region=region,
@@ -233,7 +254,7 @@ class SegmentClient:
     def __repr__(self) -> str:
         return (
             f"SegmentClient(endpoint={self._base_url!r}, region={self._region!r}, "
-            f"access_key_id={self._access_key_id!r}, limiter={self.limiter!r})"
+            f"{self._credentials_shown}, limiter={self.limiter!r})"
         )
 
     # -- one task ----------------------------------------------------------------------

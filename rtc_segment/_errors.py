@@ -18,6 +18,7 @@ __all__ = [
     "ClientClosedError",
     "ClientTimeoutError",
     "CredentialsError",
+    "CredentialsUnavailableError",
     "DeadlineExceededError",
     "InvalidParameterError",
     "RateLimiterUnavailableError",
@@ -110,6 +111,22 @@ class CredentialsError(RtcSegmentError, ValueError):
     hint = (
         "Pass Credentials(...), set VOLC_ACCESSKEY and VOLC_SECRETKEY, "
         "or write them to ~/.volc/credentials"
+    )
+
+
+class CredentialsUnavailableError(CredentialsError):
+    """A credentials provider could not supply credentials.
+
+    Raised when no provider of a chain is configured (the message lists every provider
+    tried and why it gave none), or when fetching temporary credentials failed (STS or
+    instance metadata unreachable or refusing). Never shows a secret, a session token or
+    an OIDC token.
+    """
+
+    hint = (
+        "Pass Credentials(...) or a provider, set VOLCENGINE_ACCESS_KEY and "
+        "VOLCENGINE_SECRET_KEY (or VOLC_ACCESSKEY and VOLC_SECRETKEY), configure OIDC or a CLI "
+        "profile, or run where an instance role is attached (see docs/credentials.md)"
     )
 
 

@@ -357,9 +357,13 @@ class _Day:
     """What one UTC day of signing shares: the derived key's HMAC pads, the scope, and the
     ``Authorization`` prefix."""
 
-    __slots__ = ("auth_prefix", "date", "pads", "scope")
+    __slots__ = ("auth_prefix", "credentials", "date", "pads", "scope")
 
-    def __init__(self, key: bytes, date: str, scope: str, auth_prefix: str) -> None:
+    def __init__(
+        self, credentials: Credentials, key: bytes, date: str, scope: str, auth_prefix: str
+    ) -> None:
+        # The credentials the key was derived from: the cache is valid for them only.
+        self.credentials = credentials
         self.pads = _hmac_pads(key)
         self.date = date
         self.scope = scope
@@ -367,17 +371,23 @@ class _Day:
 
 
 class Signer:
-    """Signs requests with fixed credentials, region and service.
+    """Signs requests with given credentials, region and service.
 
-    The signing key is derived once per UTC day, and the signed-header layout once per set
-    of header names. :meth:`sign` is the client's shape (``Host`` and an optional
+    The signing key is derived once per UTC day and set of credentials, and the
+    signed-header layout once per set of header names. Each signature takes every part
+    (key id, secret, session token) from one :class:`Credentials` -- the signer's own, or
+    the one passed to :meth:`sign` -- so a refresh can never mix two keys into one
+    signature. :meth:`sign` is the client's shape (``Host`` and an optional
     ``Content-Type``); :meth:`sign_headers` takes any header set, as the SDK would hold it.
     """
 
     __slots__ = ("_credentials", "_day", "_region", "_service")
 
-    def __init__(self, credentials: Credentials, *, region: str, service: str = "rtc") -> None:
-        if not isinstance(credentials, Credentials):
+    def __init__(
+        self, credentials: Credentials | None, *, region: str, service: str = "rtc"
+    ) -> None:
+        # None: every sign() call brings its credentials (the client, asking a provider).
+        if credentials is not None and not isinstance(credentials, Credentials):
             raise TypeError(f"credentials must be Credentials, not {type(credentials).__name__}")
         check_scope(region, service)
         self._credentials = credentials
@@ -389,19 +399,23 @@ class Signer:
         return f"Signer({self._credentials!r}, region={self._region!r}, service={self._service!r})"
 
     @property
-    def credentials(self) -> Credentials:
-        """The credentials this signer signs with."""
+    def credentials(self) -> Credentials | None:
+        """The credentials this signer signs with when a call brings none."""
         return self._credentials
 
-    def _day_for(self, date: str) -> _Day:
+    def _own(self) -> Credentials:
+        if self._credentials is None:
+            raise TypeError("this Signer has no credentials of its own: pass credentials=")
+        return self._credentials
+
+    def _day_for(self, date: str, credentials: Credentials) -> _Day:
         day = self._day
-        if day is None or day.date != date:
+        if day is None or day.date != date or day.credentials is not credentials:
             scope = credential_scope(date, self._region, self._service)
-            key = signing_key(
-                self._credentials.secret_access_key, date, self._region, self._service
-            )
-            prefix = f"{ALGORITHM} Credential={self._credentials.access_key_id}/{scope}, "
-            day = self._day = _Day(key, date, scope, prefix)
+            key = signing_key(credentials.secret_access_key, date, self._region, self._service)
+            prefix = f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, "
+            # One assignment: a concurrent reader sees the old day or the new, never a mix.
+            day = self._day = _Day(credentials, key, date, scope, prefix)
         return day
 
     def sign(
@@ -414,6 +428,7 @@ class Signer:
         body: bytes = b"",
         content_type: str | None = None,
         now: datetime,
+        credentials: Credentials | None = None,
     ) -> SignedRequest:
         """Sign one request to ``host`` (sent and signed as ``Host``).
 
@@ -425,11 +440,13 @@ class Signer:
             body: The raw body.
             content_type: The body's type; a non-GET request without one gets the SDK default.
             now: The signing time (aware datetime).
+            credentials: Sign with these instead of the signer's own (what the client does
+                with credentials from a provider, asked per attempt).
         """
         headers = {"Host": host}
         if content_type is not None:
             headers["Content-Type"] = content_type
-        return self._sign(method, path, query, headers, body, now)
+        return self._sign(method, path, query, headers, body, now, credentials or self._own())
 
     def sign_headers(
         self,
@@ -452,7 +469,7 @@ class Signer:
             body: The body; ``str`` is hashed as UTF-8.
             now: The signing time (aware datetime).
         """
-        return self._sign(method, path, query, dict(headers), body, now)
+        return self._sign(method, path, query, dict(headers), body, now, self._own())
 
     def _sign(
         self,
@@ -462,16 +479,17 @@ class Signer:
         out: dict[str, str],
         body: bytes | str,
         now: datetime,
+        credentials: Credentials,
     ) -> SignedRequest:
         # ``out`` is ours to fill: the headers to send, in the SDK's insertion order (so
         # that names colliding when lower-cased resolve alike).
         x_date = format_x_date(now)
-        day = self._day_for(x_date[:8])
+        day = self._day_for(x_date[:8], credentials)
         content_sha256 = _body_sha256(body)
         if method != "GET" and "Content-Type" not in out:
             out["Content-Type"] = DEFAULT_CONTENT_TYPE
         out["X-Date"] = x_date
-        token = self._credentials.session_token
+        token = credentials.session_token
         if token:
             out["X-Security-Token"] = token
         out["X-Content-Sha256"] = content_sha256

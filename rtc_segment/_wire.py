@@ -24,6 +24,7 @@ import httpx
 
 from ._compat import transport_for_url, url_maker
 from ._converter import ShapeError, structure_metadata
+from ._credentials import Credentials
 from ._errors import (
     ClientTimeoutError,
     ResponseFormatError,
@@ -49,13 +50,18 @@ _EXCERPT_BYTES = 200
 
 
 class AttemptFailed(Exception):
-    """One attempt failed with ``error``; ``sent`` tells whether it may have arrived."""
+    """One attempt failed with ``error``; ``sent`` tells whether it may have arrived.
+
+    ``credentials`` are the ones the attempt was signed with (set by the retry loop, which
+    tells a provider whose credentials the service refused).
+    """
 
     def __init__(self, error: RtcSegmentError, *, sent: bool, retry_after: float | None = None):
         super().__init__(error)
         self.error = error
         self.sent = sent
         self.retry_after = retry_after
+        self.credentials: Credentials | None = None
 
 
 # Failures that prove the request never left: no connection was made or obtained.

@@ -499,3 +499,26 @@ def test_no_secret_in_any_repr() -> None:
             assert TOKEN not in text
     assert "'X-Security-Token': '***'" in repr(fast)
     assert "'X-Security-Token': '***'" in repr(general)
+
+
+# -- credentials per call (what the client does with a provider) ---------------------------
+
+
+def test_a_signature_takes_every_part_from_the_credentials_passed_per_call() -> None:
+    first = Credentials("AKTPfirst", "first-secret", "first-token")
+    second = Credentials("AKTPsecond", "second-secret", "second-token")
+    now = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)
+    shared = Signer(None, region="cn-north-1")
+    args: dict[str, Any] = {"method": "GET", "host": "h", "query": {"A": "b"}, "now": now}
+    shared.sign(**args, credentials=first)  # fills the derived-key cache for `first`
+    mixed = shared.sign(**args, credentials=second)
+    fresh = Signer(second, region="cn-north-1").sign(**args)
+    assert mixed.headers == fresh.headers  # key id, token and signature all of `second`
+    assert "AKTPsecond/" in mixed.authorization
+    assert mixed.headers["X-Security-Token"] == "second-token"
+
+
+def test_a_signer_without_credentials_needs_them_per_call() -> None:
+    now = datetime(2024, 3, 5, tzinfo=UTC)
+    with pytest.raises(TypeError, match="pass credentials="):
+        Signer(None, region="cn-north-1").sign(method="GET", host="h", query={}, now=now)

@@ -18,8 +18,10 @@ Query Volcengine RTC segment tasks (GetSegmentTask): one task, thousands at the 
 ceiling, or watch them until they end; start, update and stop them. `rtc-segment demo`
 shows it all on a local emulator, no account needed.
 
-Credentials come from VOLC_ACCESSKEY / VOLC_SECRETKEY (/ VOLC_SESSION_TOKEN), then from
-~/.volc/credentials, never from a command-line value (use --secret-key-stdin to pipe one in).
+Credentials come from the default chain: VOLCENGINE_ACCESS_KEY / VOLCENGINE_SECRET_KEY or
+VOLC_ACCESSKEY / VOLC_SECRETKEY, OIDC (VOLCENGINE_OIDC_*), the CLI's ~/.volcengine/config.json,
+~/.volc/credentials, the ECS instance role -- never from a command-line value (use
+--secret-key-stdin to pipe one in).
 
 exit status: 0 every key got a task; 1 some keys failed (or a bad input line); 2 usage or
 configuration error; 130 interrupted (Ctrl-C), after printing the summary so far."""

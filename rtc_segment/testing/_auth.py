@@ -5,7 +5,8 @@
 3. access key id unknown                     -> InvalidAccessKey (401)
 4. ``X-Date`` missing or malformed           -> MissingRequestInfo (400)
 5. ``X-Date`` more than 15 minutes off       -> InvalidTimestamp (400)
-6. session token missing/unexpected/wrong    -> InvalidSecurityToken (401)
+6. session token missing/unexpected/wrong,
+   or the temporary key has expired          -> InvalidSecurityToken (401)
 7. credential scope, signed-header set,
    ``X-Content-Sha256`` vs body, signature  -> SignatureDoesNotMatch (401)
 
@@ -65,6 +66,8 @@ class AccessKey:
 
     credentials: Credentials
     account: str
+    #: When temporary credentials (issued by the emulator's STS) stop working.
+    expires_at: datetime | None = None
 
 
 @attrs.frozen
@@ -247,6 +250,11 @@ def authenticate(
                 f"The X-Security-Token does not match the session token of access key "
                 f"{parsed.access_key_id!r}"
             )
+    if key.expires_at is not None and now >= key.expires_at:
+        raise errors.invalid_security_token(
+            f"The session token of temporary access key {parsed.access_key_id!r} has expired "
+            f"(at {key.expires_at.isoformat(timespec='seconds')}); get new credentials"
+        )
 
     date = x_date[:8]
     expected_scope = credential_scope(date, region, service)

@@ -41,6 +41,7 @@ from ._record import EmulatorStats, Recorder, RequestRecord, task_key_of
 from ._seeding import seed_rooms
 from ._server import EmulatorASGIApp
 from ._state import UNSET, Lifecycle, TaskHandle, TaskStore, register
+from ._sts import STS_ACTIONS, STS_VERSION, CredentialsIssuer, imds_action
 from ._transport import EmulatorTransport
 
 __all__ = ["DEFAULT_CREDENTIALS", "Emulator"]
@@ -101,6 +102,19 @@ class Emulator:
         max_skew: Seconds ``X-Date`` may differ from ``wall_clock`` (900: 15 minutes).
         record_limit: How many :class:`RequestRecord` to keep (oldest dropped first);
             ``None`` keeps all. Counters and the 1-second window maxima stay exact.
+        credentials_lifetime: Seconds the temporary credentials it issues last (STS and
+            instance role); ``None`` honours the request's ``DurationSeconds`` (3600 for
+            the instance role). Settable.
+
+    **Temporary credentials.** On the same transport and server it serves STS
+    (``AssumeRole``, signed with a key it accepts; ``AssumeRoleWithOIDC``, with a token
+    registered by :meth:`add_oidc_token`; ``Version=2018-01-01``) and instance metadata
+    (IMDSv2, for the roles added with :meth:`add_instance_role`). The keys it issues are
+    accepted by the RTC actions until they expire; then they are answered HTTP 401
+    ``InvalidSecurityToken``. STS and metadata requests are recorded (the metadata ones
+    with actions ``imds:token``, ``imds:roles``, ``imds:credentials``) and take faults
+    like any other action (``faults.next(1, Fault.HTTP_500, action="AssumeRole")``);
+    they are not counted against the RTC ceilings.
 
     **Versions.** GetSegmentTask, StartSegment, UpdateSegment and StopSegment are served in
     2022-06-01 and 2023-11-01 with the same shapes; in 2023-11-01 a StartSegment for a task
@@ -146,6 +160,7 @@ class Emulator:
         wall_clock: Callable[[], datetime] | None = None,
         max_skew: float = MAX_SKEW_SECONDS,
         record_limit: int | None = 100_000,
+        credentials_lifetime: float | None = None,
     ) -> None:
         self._clock: Callable[[], float] = clock or StitchedClock()
         self._wall_clock = wall_clock or anchored_wall_clock(self._clock)
@@ -153,6 +168,9 @@ class Emulator:
         self.service = service
         self.max_skew = float(max_skew)
         self._keys: dict[str, AccessKey] = {}
+        self._issuer = CredentialsIssuer(
+            self._keys, self._wall_clock, seed=seed, lifetime=credentials_lifetime
+        )
         for item in _credential_list(credentials):
             self.add_credentials(item)
         self._quota = Quota({spec.name: spec.qps for spec in ACTIONS.values()})
@@ -219,6 +237,46 @@ class Emulator:
             raise TypeError(f"credentials must be Credentials, not {type(credentials).__name__}")
         name = credentials.access_key_id if account is None else account
         self._keys[credentials.access_key_id] = AccessKey(credentials, name)
+
+    @property
+    def credentials_lifetime(self) -> float | None:
+        """Seconds issued temporary credentials last (``None``: as requested). Settable."""
+        return self._issuer.lifetime
+
+    @credentials_lifetime.setter
+    def credentials_lifetime(self, value: float | None) -> None:
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise ValueError(f"credentials_lifetime must be positive seconds, got {value!r}")
+        self._issuer.lifetime = value
+
+    def add_oidc_token(self, token: str) -> None:
+        """Accept ``token`` as an OIDC token in ``AssumeRoleWithOIDC`` (any role)."""
+        if not isinstance(token, str) or not token:
+            raise ValueError("token must be a non-empty str")
+        self._issuer.oidc_tokens.add(token)
+
+    def remove_oidc_token(self, token: str) -> None:
+        """Stop accepting ``token`` (as after the kubelet rotated it)."""
+        self._issuer.remove_oidc_token(token)
+
+    def add_instance_role(self, role_name: str) -> None:
+        """Attach a role to the emulated instance: its metadata serves credentials for it."""
+        if not isinstance(role_name, str) or not role_name:
+            raise ValueError("role_name must be a non-empty str")
+        self._issuer.instance_roles.append(role_name)
+
+    def expire_issued_credentials(self) -> int:
+        """Make every temporary key issued so far expire now (a revoked role, say).
+
+        Returns:
+            How many keys were still valid.
+        """
+        return self._issuer.expire_all()
+
+    @property
+    def issued_credentials(self) -> int:
+        """How many sets of temporary credentials STS and the metadata service issued."""
+        return self._issuer.issued
 
     def clock(self) -> float:
         """The emulator's monotonic time, in seconds."""
@@ -345,6 +403,9 @@ class Emulator:
             query.setdefault(name, value)
         action = query.get("Action")
         version = query.get("Version")
+        metadata_action = imds_action(request.path)
+        if metadata_action is not None:
+            action, version = metadata_action, None
         spec = ACTIONS.get((action, version)) if action and version else None
         params: Mapping[str, Any] = query
         if spec is not None and spec.method == "POST" and request.method == "POST":
@@ -356,9 +417,17 @@ class Emulator:
         account: str | None = None
         admitted = False
         if fault is None or fault is Fault.SLOW:
-            answer, account, admitted, code = self._serve(
-                request, pairs, spec, params, envelope, wall, now
-            )
+            if metadata_action is not None:
+                answer, code = self._issuer.serve_imds(request)
+            elif action in STS_ACTIONS and version == STS_VERSION and request.path == "/":
+                envelope = attrs.evolve(envelope, service="sts")
+                answer, account, code = self._issuer.serve_sts(
+                    request, pairs, query, envelope, region=self.region, max_skew=self.max_skew
+                )
+            else:
+                answer, account, admitted, code = self._serve(
+                    request, pairs, spec, params, envelope, wall, now
+                )
         else:
             answer, code = fault_answer(
                 fault,

@@ -24,10 +24,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rtc_segment import (
+    AssumeRoleCredentialsProvider,
     AuthenticationError,
     Backoff,
     Credentials,
+    CredentialsUnavailableError,
     CustomConfig,
+    OidcCredentialsProvider,
     OpenTelemetryHook,
     ResponseFormatError,
     RtcSegmentError,
@@ -148,7 +151,7 @@ def make_emulator(**kwargs: Any) -> Emulator:
     return emulator
 
 
-def client_for(emulator: Emulator, credentials: Credentials = CREDENTIALS, **kwargs: Any) -> Any:
+def client_for(emulator: Emulator, credentials: Any = CREDENTIALS, **kwargs: Any) -> Any:
     kwargs.setdefault("max_retries", 1)
     return SegmentClient(
         credentials, transport=emulator.transport(), backoff=Backoff.disabled(), **kwargs
@@ -298,3 +301,59 @@ async def test_the_loopback_server_path_logs_nothing_secret(
     assert any(r.name.startswith("httpcore") for r in debug_logs.records)
     assert_no_leak(debug_logs, *errors)
     assert_no_leak_in_telemetry(telemetry)
+
+
+OIDC_TOKEN = "CANARYoidcTOKEN0x01dc000000000000000"
+
+
+async def test_temporary_credentials_and_tokens_never_show(
+    debug_logs: pytest.LogCaptureFixture, telemetry: Telemetry, tmp_path: Any
+) -> None:
+    """Issued secret keys and session tokens, the OIDC token and the long-term key that
+    assumes a role stay out of every log, repr, error and span: fetching, refreshing in
+    the background, a refresh that fails, a refused key retried, a refused OIDC token."""
+    emulator = make_emulator(credentials_lifetime=900)
+    emulator.add_oidc_token(OIDC_TOKEN)
+    token_file = tmp_path / "token"
+    token_file.write_text(OIDC_TOKEN, encoding="utf-8")
+    options: dict[str, Any] = {
+        "endpoint": "http://127.0.0.1:1",
+        "transport": emulator.transport(),
+        "clock": emulator.wall_clock,
+    }
+    oidc = OidcCredentialsProvider("trn:iam::1:role/r", token_file, **options)
+    assumed = AssumeRoleCredentialsProvider(CREDENTIALS, "trn:iam::1:role/r", **options)
+    seen: list[object] = [oidc, assumed]
+    issued: list[Credentials] = []
+    for provider in (oidc, assumed):
+        async with client_for(emulator, provider, clock=emulator.wall_clock) as client:
+            await client.get_segment_task(*KEY)
+            issued.append(provider.current())  # type: ignore[arg-type]
+            emulator.expire_issued_credentials()  # refused, refreshed, retried
+            await client.get_segment_task(*KEY)
+            issued.append(provider.current())  # type: ignore[arg-type]
+            seen += [client, client.stats, provider.current()]
+    # A refresh that fails (STS down) after the key was refused.
+    emulator.faults.next(3, Fault.HTTP_500, action="AssumeRoleWithOIDC")
+    oidc.reject(oidc.current())  # type: ignore[arg-type]
+    with pytest.raises(CredentialsUnavailableError) as failed:
+        await oidc.load()
+    seen.append(failed.value)
+    # STS refusing the OIDC token.
+    emulator.remove_oidc_token(OIDC_TOKEN)
+    with pytest.raises(CredentialsUnavailableError) as refused:
+        await OidcCredentialsProvider("trn:iam::1:role/r", token_file, **options).load()
+    seen.append(refused.value)
+
+    secrets = [OIDC_TOKEN, *CANARIES]
+    for credentials in issued:
+        secrets += [credentials.secret_access_key, credentials.session_token or ""]
+    assert len(set(secrets)) == len(secrets)
+    for record in debug_logs.records:
+        text = record.getMessage() + repr(record.args)
+        assert not [secret for secret in secrets if secret in text], text
+    for obj in seen:
+        for text in reachable_text(obj):
+            assert not [secret for secret in secrets if secret in text], text
+    for text in telemetry.texts():
+        assert not [secret for secret in secrets if secret in text], text
