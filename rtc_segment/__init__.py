@@ -44,7 +44,9 @@ from ._instrumentation import (
     RunDetails,
     RunObserver,
     get_call_hooks,
+    register_default_hook,
     set_call_hooks,
+    set_default_telemetry,
 )
 from ._limiting import LocalRateLimiter, RateLimiter
 from ._models import (
@@ -68,8 +70,14 @@ from ._models import (
     VodConfig,
 )
 from ._stats import ClientStats
+from ._telemetry import default_hook
 from ._version import __version__
 from ._watch import TaskWatch, WatchEvent
+
+# Telemetry on by default: every call is traced and measured on OpenTelemetry's global
+# providers when opentelemetry-api is installed (looked up at the first call; see
+# _telemetry.py). RTC_SEGMENT_TELEMETRY=off or set_default_telemetry(False) turns it off.
+register_default_hook(default_hook)
 
 # RedisRateLimiter, RedisLimiterStats and OpenTelemetryHook are public but resolved lazily
 # (__getattr__ below) and left out of __all__: they need the optional `redis` /
@@ -138,6 +146,7 @@ __all__ = [
     "__version__",
     "get_call_hooks",
     "set_call_hooks",
+    "set_default_telemetry",
 ]
 
 
