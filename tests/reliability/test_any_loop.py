@@ -1,4 +1,4 @@
-"""Guarantee 10: the ceiling holds on whichever event loop runs the client, in real time.
+"""Guarantee 13: the ceiling holds on whichever event loop runs the client, in real time.
 
 Every other test of the ceiling runs in virtual time (looptime), which only asyncio's own
 loop can have. These run in real time: on asyncio's loop by default, and on uvloop -- the
