@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 from _short_paths import make_short_directory
 
-from rtc_segment import set_call_hooks
+from rtc_segment import set_call_hooks, set_default_telemetry
 
 LOOPS = ("asyncio", "uvloop")
 LOOP_VARIABLE = "RTC_SEGMENT_TEST_LOOP"
@@ -90,6 +90,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def no_call_hooks_after_the_test() -> Iterator[None]:
-    """Instrumentation hooks are process-wide: whatever a test sets ends with it."""
+    """Instrumentation hooks are process-wide: whatever a test sets ends with it (the
+    default telemetry goes back to the environment's choice)."""
     yield
     set_call_hooks(None)
+    set_default_telemetry(None)
