@@ -58,8 +58,8 @@ print("bare wheel:", __version__, "imports;", len(rtc_segment.__all__), "names i
 # The suites whose behaviour depends on the event loop: limiting, pacing, the HTTP path,
 # fan-out, watching (test_scheduling_emulator), the end-to-end guarantees (with
 # test_any_loop's real-time ceiling), the hooks' contexts (contextvars travel with the
-# loop's callbacks) and the transports. Their tests in virtual time stay on asyncio's loop
-# (tests/conftest.py; docs/testing.md says why).
+# loop's callbacks), the transports and the rate limiter's bucket (test_compat). Their
+# tests in virtual time stay on asyncio's loop (tests/conftest.py; docs/testing.md says why).
 UVLOOP_SUITES = (
     "tests/test_limiting.py",
     "tests/test_pacing.py",
@@ -71,6 +71,7 @@ UVLOOP_SUITES = (
     "tests/test_otel.py",
     "tests/test_telemetry.py",
     "tests/test_transports.py",
+    "tests/test_compat.py",
 )
 # uvloop is installed in the uvloop session only: never a dependency of the package.
 # pytest-asyncio 1.4 added the loop factory hook tests/conftest.py uses.
