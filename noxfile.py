@@ -5,6 +5,7 @@
     nox -s newest           the newest allowed version of everything, on the newest Python
     nox -s packaging        build, twine check, LICENSE, a bare wheel, tests from the sdist
     nox -s unsupported_python   an older Python is refused at install time
+    nox -s uvloop           the loop-sensitive suites on uvloop (uvicorn[standard]'s loop)
 
 Extra arguments go to pytest: ``nox -s lowest -- tests/test_redis.py -k restart``.
 Packages come from wherever pip is configured to fetch them (``pip config list``), the same
@@ -54,6 +55,28 @@ else:
 print("bare wheel:", __version__, "imports;", len(rtc_segment.__all__), "names in __all__")
 """
 
+# The suites whose behaviour depends on the event loop: limiting, pacing, the HTTP path,
+# fan-out, watching (test_scheduling_emulator), the end-to-end guarantees (with
+# test_any_loop's real-time ceiling), the hooks' contexts (contextvars travel with the
+# loop's callbacks), the transports and the rate limiter's bucket (test_compat). Their
+# tests in virtual time stay on asyncio's loop (tests/conftest.py; docs/testing.md says why).
+UVLOOP_SUITES = (
+    "tests/test_limiting.py",
+    "tests/test_pacing.py",
+    "tests/test_caller.py",
+    "tests/test_fanout.py",
+    "tests/test_scheduling_emulator.py",
+    "tests/reliability/",
+    "tests/test_instrumentation.py",
+    "tests/test_otel.py",
+    "tests/test_telemetry.py",
+    "tests/test_transports.py",
+    "tests/test_compat.py",
+)
+# uvloop is installed in the uvloop session only: never a dependency of the package.
+# pytest-asyncio 1.4 added the loop factory hook tests/conftest.py uses.
+UVLOOP_REQUIREMENTS = ("uvloop>=0.21", "pytest-asyncio>=1.4")
+
 nox.needs_version = ">=2025.10.14"  # options.download_python
 nox.options.sessions = [
     *(f"tests-{v}" for v in SUPPORTED),
@@ -61,6 +84,7 @@ nox.options.sessions = [
     "newest",
     "packaging",
     "unsupported_python",
+    "uvloop",
 ]
 # Interpreters are found on this machine, never downloaded: a missing one is skipped
 # locally and is an error in CI (nox's default when CI is set).
@@ -181,6 +205,19 @@ def newest(session: nox.Session) -> None:
     session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[test]")
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     _run_suite(session)
+
+
+@nox.session(python=SUPPORTED[-1])
+def uvloop(session: nox.Session) -> None:
+    """The loop-sensitive suites on uvloop, the event loop ``uvicorn[standard]`` runs
+    applications on (``--event-loop=uvloop``; see docs/testing.md)."""
+    session.install("-e", ".[test]", *UVLOOP_REQUIREMENTS)
+    session.run(
+        *PYTEST,
+        "--event-loop=uvloop",
+        *(session.posargs or UVLOOP_SUITES),
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
 
 
 @nox.session(python=SUPPORTED[0])

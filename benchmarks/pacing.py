@@ -20,7 +20,10 @@ state is per loop); the server's sliding window is left to empty between runs.
      ``limiter=LocalRateLimiter(60, utilization=0.99)``;
    - the careful peer recipe: one ``httpx.AsyncClient``, requests signed with our
      ``Signer``, one ``asyncio.Lock`` spacing sends on an exact 1/60 s grid, a 429 sent
-     again through the lock (at most 3 times, as our default ``max_retries``).
+     again through the lock (at most 3 times, as our default ``max_retries``);
+   - ours on uvloop: the default client on a uvloop event loop (what
+     ``uvicorn[standard]`` runs applications on), the others being on asyncio's own.
+     Shown only when ``uvloop`` is installed (``pip install uvloop``; CI installs it).
 
    Columns: wall time / ideal (N / 60 s), keys lost, requests the server throttled, the
    most arrivals in any sliding second at the server (throttled ones included), the
@@ -122,13 +125,27 @@ class Run:
     max_per_second: int
 
 
-def run_bounded(work: Awaitable[_T], limit: float) -> _T:
-    """Run ``work`` in a fresh event loop; give up after ``limit`` seconds."""
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def run_bounded(work: Awaitable[_T], limit: float, loop: LoopFactory | None = None) -> _T:
+    """Run ``work`` in a fresh event loop (asyncio's, or ``loop()``); give up after
+    ``limit`` seconds."""
 
     async def bounded() -> _T:
         return await asyncio.wait_for(work, limit)
 
-    return asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=loop) as runner:
+        return runner.run(bounded())
+
+
+def uvloop_factory() -> LoopFactory | None:
+    """uvloop's loop factory, or ``None`` when uvloop is not installed (not a dependency)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def time_limit(keys: int) -> float:
@@ -207,17 +224,29 @@ CONTENDERS: dict[str, Contender] = {
     "ours, fixed margin (utilization=0.99)": ours(lambda: LocalRateLimiter(QPS, utilization=0.99)),
     "careful peer (httpx + lock, 1/60 s)": careful_peer,
 }
+# Contenders run on another event loop than asyncio's; added in main() when available.
+UVLOOP_CONTENDER = "ours on uvloop (default)"
+LOOPS: dict[str, LoopFactory] = {}
+
+
+def add_uvloop_contender() -> bool:
+    """Add the uvloop row if uvloop is installed; whether it was."""
+    factory = uvloop_factory()
+    if factory is None:
+        return False
+    CONTENDERS[UVLOOP_CONTENDER] = ours(lambda: None)
+    LOOPS[UVLOOP_CONTENDER] = factory
+    return True
 
 
 # -- section 1: the jitter sweep -------------------------------------------------------
 
 
-def one_run(
-    server: EmulatorProcess, contender: Contender, keys: list[TaskKey], jitter: float
-) -> Run:
+def one_run(server: EmulatorProcess, name: str, keys: list[TaskKey], jitter: float) -> Run:
     """One fan-out at the ceiling over a path with ``jitter`` seconds of forward jitter."""
     server.configure(qps=QPS, latency=LATENCY, forward_jitter=jitter)
-    client = run_bounded(contender(server.url, keys), time_limit(len(keys)))
+    work = CONTENDERS[name](server.url, keys)
+    client = run_bounded(work, time_limit(len(keys)), LOOPS.get(name))
     stats = server.stats()
     time.sleep(WINDOW_EMPTY_SECONDS)
     return Run(client, stats["throttled"], stats["max_per_second"])
@@ -226,8 +255,8 @@ def one_run(
 def warm_up(server: EmulatorProcess) -> None:
     """Imports, first-call caches and the loopback stack, before anything is measured."""
     server.configure(qps=None, latency=0.0)
-    for contender in CONTENDERS.values():
-        run_bounded(contender(server.url, task_keys(5)), 30)
+    for name, contender in CONTENDERS.items():
+        run_bounded(contender(server.url, task_keys(5)), 30, LOOPS.get(name))
     time.sleep(WINDOW_EMPTY_SECONDS)
 
 
@@ -285,8 +314,8 @@ def section_jitter(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...
     runs: dict[tuple[str, float], list[Run]] = {}
     for _ in range(sizes.repeats):
         for jitter_ms in sizes.jitters_ms:
-            for name, contender in CONTENDERS.items():
-                run = one_run(server, contender, keys, jitter_ms / 1000)
+            for name in CONTENDERS:
+                run = one_run(server, name, keys, jitter_ms / 1000)
                 runs.setdefault((name, jitter_ms), []).append(run)
     rows: list[tuple[str, ...]] = [
         (
@@ -445,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     sizes = Sizes.choose(args.quick, args.repeats)
+    on_uvloop = add_uvloop_contender()
     started = time.perf_counter()
     load_before = os.getloadavg()
     with EmulatorProcess(tasks=max(sizes.keys, sizes.interactive_keys + 1)) as server:
@@ -462,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     if sweep:
         print()
         print_table(JITTER_COLUMNS, sweep)
+        if not on_uvloop:
+            print("(no uvloop row: uvloop is not installed; pip install uvloop)")
     if calls:
         print()
         print_table(INTERACTIVE_COLUMNS, calls)

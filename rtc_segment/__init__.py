@@ -46,7 +46,9 @@ from ._instrumentation import (
     RunDetails,
     RunObserver,
     get_call_hooks,
+    register_default_hook,
     set_call_hooks,
+    set_default_telemetry,
 )
 from ._limiting import LocalRateLimiter, RateLimiter
 from ._models import (
@@ -83,8 +85,14 @@ from ._remote_credentials import (
     role_trn,
 )
 from ._stats import ClientStats
+from ._telemetry import default_hook
 from ._version import __version__
 from ._watch import TaskWatch, WatchEvent
+
+# Telemetry on by default: every call is traced and measured on OpenTelemetry's global
+# providers when opentelemetry-api is installed (looked up at the first call; see
+# _telemetry.py). RTC_SEGMENT_TELEMETRY=off or set_default_telemetry(False) turns it off.
+register_default_hook(default_hook)
 
 # RedisRateLimiter, RedisLimiterStats and OpenTelemetryHook are public but resolved lazily
 # (__getattr__ below) and left out of __all__: they need the optional `redis` /
@@ -165,6 +173,7 @@ __all__ = [
     "get_call_hooks",
     "role_trn",
     "set_call_hooks",
+    "set_default_telemetry",
 ]
 
 

@@ -29,7 +29,7 @@ from ._errors import (
     RtcSegmentError,
     ThrottledError,
 )
-from ._instrumentation import CallDetails, CallObservation, get_call_hooks
+from ._instrumentation import CallDetails, CallObservation, active_call_hooks
 from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._providers import CredentialsProvider, StaticCredentialsProvider
@@ -287,12 +287,13 @@ class Caller:
             deadline: Seconds the whole call may take (limiter, attempts, backoff);
                 ``None`` for no bound. Raises :class:`DeadlineExceededError` when it runs out.
 
-        The hooks set with ``set_call_hooks`` are told of the call, its limiter waits, its
-        retries and its end (see ``_instrumentation``).
+        The hooks in effect (those set with ``set_call_hooks``, the default telemetry) are
+        told of the call, its limiter waits, its retries and its end (see
+        ``_instrumentation``).
         """
         self.check_open()
         arguments = (action, query, key, body, parse, retry_if_maybe_sent, bulk, deadline)
-        if not get_call_hooks():  # the default: nothing to tell, nothing built
+        if not active_call_hooks():  # no hook in effect: nothing to tell, nothing built
             return await self._call(*arguments, None)
         details = CallDetails(action.name, key, bulk, *self._server)
         observation = CallObservation.start(details, asyncio.get_running_loop().time)

@@ -9,7 +9,9 @@ dependencies at the newest line we have tested.
 * aiolimiter (``<1.4``): :class:`PacedBucket` reads and sets the bucket's level and drain
   rate (``_level``, ``_rate_per_sec``), reads its loop clock (``_loop``) and hooks its drain
   step (``_leak``). Pacing exactly -- never more than the ceiling in any sliding second --
-  needs all four; aiolimiter has no public API for them.
+  needs all four; aiolimiter has no public API for them. On a loop whose timers tick in
+  milliseconds (uvloop) it also re-arms the wake-up timer (``_wake_next``,
+  ``_waker_handle``, ``_waiters``), which would otherwise spin.
 * httpx (``<1``): :func:`transport_for_url` (``AsyncClient._transport_for_url``) lets the
   client hand requests straight to the transport ``AsyncClient.send`` would pick, and
   :func:`url_maker` swaps a pre-encoded query into a parsed URL (``URL._uri_reference``),
@@ -23,6 +25,7 @@ dependencies at the newest line we have tested.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -62,15 +65,21 @@ _EARLY_TOLERANCE_SECONDS = 1e-6
 _HAIR = 1e-9
 
 
+def _timer_tick(loop: asyncio.AbstractEventLoop) -> float:
+    """How far apart a loop's timers can tell times: 0 for asyncio's own loops (they run a
+    timer once due, on a nanosecond clock), a millisecond for any other (uvloop: libuv's)."""
+    return 0.0 if isinstance(loop, asyncio.BaseEventLoop) else 1e-3
+
+
 def _check_aiolimiter() -> None:
     import aiolimiter
 
     version = getattr(aiolimiter, "__version__", "?")
     slots = set(getattr(AsyncLimiter, "__slots__", ()))
-    for name in ("_level", "_rate_per_sec"):
+    for name in ("_level", "_rate_per_sec", "_waiters", "_waker_handle"):
         if name not in slots:
             raise _incompatible("aiolimiter", version, f"AsyncLimiter has no {name} slot")
-    for name in ("_leak", "_loop"):
+    for name in ("_leak", "_loop", "_wake_next"):
         if not hasattr(AsyncLimiter, name):
             raise _incompatible("aiolimiter", version, f"AsyncLimiter has no {name}")
     probe = AsyncLimiter(2, 4)
@@ -95,6 +104,24 @@ class PacedBucket(AsyncLimiter):
     """
 
     __slots__ = ()
+
+    def _wake_next(self, *args: object) -> None:
+        # aiolimiter arms a timer for exactly when the first waiter fits. uvloop's timers
+        # and clock move in whole milliseconds (libuv's): a timer due within half of one
+        # runs at once, finds the clock where it was, and aiolimiter arms it again --
+        # hundreds of wake-ups per request, a busy loop until the clock ticks. One due
+        # within a tick is put one tick away instead: as late as the spin would have let
+        # it go, without spinning. (asyncio's loops run a timer when it is due.)
+        super()._wake_next(*args)
+        handle, waiters = self._waker_handle, self._waiters
+        if handle is None or not waiters:
+            return
+        loop = self._loop
+        tick = _timer_tick(loop)
+        due_in = (waiters[0][0] - self.max_rate + self._level) / self._rate_per_sec
+        if due_in < tick:
+            handle.cancel()
+            self._waker_handle = loop.call_later(tick, self._wake_next)
 
     def now(self) -> float:
         """The bucket's clock: the running loop's time."""

@@ -6,15 +6,25 @@ watch (:meth:`CallHook.on_run`); it returns an observer for that call or run, or
 to ignore it. ``rtc_segment.OpenTelemetryHook`` (extra ``otel``) is the ready-made one;
 :class:`CallRecorder` keeps what it sees, for tests.
 
-With no hook set -- the default -- the HTTP path checks one empty tuple per call and
-builds nothing else. The observers' calls are wrapped: a hook that raises is logged and
-the call goes on as if it were not there.
+**Default telemetry.** Besides the hooks set, one *default hook* may be in effect: the
+package registers (:func:`register_default_hook`) a source that makes an
+``OpenTelemetryHook`` on the global providers when ``opentelemetry-api`` is importable.
+It is looked up once, at the first call, never by this module's importers: the core never
+imports ``_otel`` (see docs/architecture.md). :func:`set_default_telemetry` or the
+environment variable ``RTC_SEGMENT_TELEMETRY=off`` turns it off; a set
+``OpenTelemetryHook`` replaces it (the source is told the hooks set), so a call never has
+two spans.
+
+With no hook in effect, the HTTP path checks one empty tuple per call and builds nothing
+else. The observers' calls are wrapped: a hook that raises is logged and the call goes on
+as if it were not there.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import os
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
@@ -25,6 +35,7 @@ from ._errors import DeadlineExceededError, RtcSegmentError, ThrottledError
 from ._models import TaskKey
 
 __all__ = [
+    "TELEMETRY_ENVIRONMENT_VARIABLE",
     "CallDetails",
     "CallHook",
     "CallObservation",
@@ -35,8 +46,12 @@ __all__ = [
     "RunDetails",
     "RunObservation",
     "RunObserver",
+    "active_call_hooks",
+    "default_telemetry_enabled",
     "get_call_hooks",
+    "register_default_hook",
     "set_call_hooks",
+    "set_default_telemetry",
 ]
 
 logger = logging.getLogger("rtc_segment")
@@ -150,22 +165,42 @@ class CallHook(Protocol):
         ...
 
 
-_hooks: tuple[CallHook, ...] = ()
+#: The environment variable that turns the default telemetry off: ``off`` (or ``false``,
+#: ``0``, ``no``); ``on`` (or ``true``, ``1``, ``yes``) or unset leaves it on.
+TELEMETRY_ENVIRONMENT_VARIABLE = "RTC_SEGMENT_TELEMETRY"
+_OFF = frozenset({"off", "false", "0", "no"})
+_ON = frozenset({"on", "true", "1", "yes", ""})
+
+# A source of the default hook: told the hooks set, it returns the hook to add to them, or
+# None (the package's source returns None when opentelemetry-api is missing or a set hook
+# already is an OpenTelemetryHook).
+DefaultHookSource = Callable[[tuple[CallHook, ...]], CallHook | None]
+
+_hooks: tuple[CallHook, ...] = ()  # set with set_call_hooks
+_default_source: DefaultHookSource | None = None
+_default_telemetry: bool | None = None  # None: as the environment variable says
+# The hooks in effect: the default hook (if any) and the set ones; None until looked up.
+_active: tuple[CallHook, ...] | None = None
 
 
 def set_call_hooks(hooks: Iterable[CallHook] | None) -> None:
     """Set the hooks told of every API call and every fan-out or watch, in this process.
 
     Set them once, at start-up, before the first call; calls already under way keep the
-    hooks they started with. ``None`` or ``[]`` removes every hook (the default: no
-    instrumentation, no cost).
+    hooks they started with. ``None`` or ``[]`` removes every hook set.
+
+    The default telemetry (an ``OpenTelemetryHook`` on the global OpenTelemetry providers,
+    when ``opentelemetry-api`` is installed) is not one of these hooks: it stays on beside
+    them, unless one of them is an ``OpenTelemetryHook`` -- which then takes its place, so
+    a call never has two spans -- or :func:`set_default_telemetry` turned it off.
 
     Raises:
         TypeError: ``hooks`` is not an iterable of objects with ``on_call`` and ``on_run``.
     """
-    global _hooks
+    global _hooks, _active
     if hooks is None:
         _hooks = ()
+        _active = None
         return
     if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
         raise TypeError(f"hooks must be an iterable of CallHook or None, not {hooks!r}")
@@ -176,11 +211,95 @@ def set_call_hooks(hooks: Iterable[CallHook] | None) -> None:
                 f"hooks: {hook!r} is not a CallHook (it needs on_call() and on_run() methods)"
             )
     _hooks = chosen
+    _active = None
 
 
 def get_call_hooks() -> tuple[CallHook, ...]:
-    """The hooks set with :func:`set_call_hooks` (an empty tuple by default)."""
+    """The hooks set with :func:`set_call_hooks` (an empty tuple by default).
+
+    The default telemetry is not among them (see :func:`set_default_telemetry`).
+    """
     return _hooks
+
+
+def set_default_telemetry(enabled: bool | None) -> None:
+    """Turn the default telemetry on or off for this process.
+
+    By default, when ``opentelemetry-api`` is installed, every call is traced and measured
+    by an ``OpenTelemetryHook`` on the global providers: an application that configures
+    the OpenTelemetry SDK gets the spans and metrics with no other line, and one that
+    does not pays for OpenTelemetry's no-op API only. ``set_default_telemetry(False)``
+    turns that off (hooks set with :func:`set_call_hooks` stay on); ``None`` goes back to
+    what the environment variable ``RTC_SEGMENT_TELEMETRY`` says (``off`` turns it off;
+    unset or ``on`` leaves it on), read at the next call.
+
+    Args:
+        enabled: ``True`` for on, ``False`` for off, ``None`` for the environment's choice.
+
+    Raises:
+        TypeError: ``enabled`` is not a bool or ``None``.
+    """
+    global _default_telemetry, _active
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool or None, not {type(enabled).__name__}")
+    _default_telemetry = enabled
+    _active = None
+
+
+def register_default_hook(source: DefaultHookSource | None) -> None:
+    """Register where the default hook comes from (the package does, at import)."""
+    global _default_source, _active
+    _default_source = source
+    _active = None
+
+
+def default_telemetry_enabled() -> bool:
+    """Whether the default telemetry is on: :func:`set_default_telemetry`'s choice, else
+    the environment variable's.
+
+    Raises:
+        ValueError: the environment variable holds neither an "on" nor an "off" word.
+    """
+    if _default_telemetry is not None:
+        return _default_telemetry
+    value = os.environ.get(TELEMETRY_ENVIRONMENT_VARIABLE, "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise ValueError(
+        f"{TELEMETRY_ENVIRONMENT_VARIABLE}={os.environ[TELEMETRY_ENVIRONMENT_VARIABLE]!r}: "
+        f"expected 'off' (or false, 0, no) or 'on' (or true, 1, yes)"
+    )
+
+
+def active_call_hooks() -> tuple[CallHook, ...]:
+    """The hooks in effect: the default hook, if on and not replaced, then the hooks set.
+
+    Looked up at the first call after any change, then kept: the HTTP path pays for one
+    global read per call.
+
+    Raises:
+        ValueError: ``RTC_SEGMENT_TELEMETRY`` holds neither an "on" nor an "off" word.
+    """
+    global _active
+    active = _active
+    if active is None:
+        active = _active = _look_up_active_hooks()
+    return active
+
+
+def _look_up_active_hooks() -> tuple[CallHook, ...]:
+    source = _default_source
+    if source is None or not default_telemetry_enabled():
+        return _hooks
+    try:
+        default = source(_hooks)
+    except Exception as error:  # a broken OpenTelemetry install must not break calls
+        _report(source, error)
+        return _hooks
+    # First: what it makes current for a call (its span) is current for the other hooks.
+    return _hooks if default is None else (default, *_hooks)
 
 
 def _report(hook: object, error: Exception) -> None:
@@ -225,7 +344,7 @@ class CallObservation:
     def start(cls, details: CallDetails, clock: Callable[[], float]) -> CallObservation | None:
         """Tell the hooks a call starts; ``None`` when no hook wants to follow it."""
         observers: list[CallObserver] = []
-        for hook in _hooks:
+        for hook in active_call_hooks():
             try:
                 observer = hook.on_call(details)
             except Exception as error:
@@ -311,11 +430,12 @@ class RunObservation:
 
     @classmethod
     def start(cls, kind: RunKind, action: str) -> RunObservation | None:
-        """Tell the hooks a run starts; ``None`` when no hook is set."""
-        if not _hooks:
+        """Tell the hooks a run starts; ``None`` when no hook is in effect."""
+        hooks = active_call_hooks()
+        if not hooks:
             return None
         context = contextvars.copy_context()
-        observers = context.run(_start_run, RunDetails(kind, action))
+        observers = context.run(_start_run, hooks, RunDetails(kind, action))
         return cls(context, observers)
 
     def call_context(self) -> contextvars.Context:
@@ -333,9 +453,9 @@ class RunObservation:
                 _report(observer, error)
 
 
-def _start_run(details: RunDetails) -> list[RunObserver]:
+def _start_run(hooks: tuple[CallHook, ...], details: RunDetails) -> list[RunObserver]:
     observers: list[RunObserver] = []
-    for hook in _hooks:
+    for hook in hooks:
         try:
             observer = hook.on_run(details)
         except Exception as error:

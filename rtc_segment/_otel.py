@@ -2,8 +2,9 @@
 
 Needs only ``opentelemetry-api`` (extra ``otel``); the application configures providers and
 exporters with the SDK as usual -- this module never does. Nothing in the core imports it:
-``rtc_segment.OpenTelemetryHook`` loads it on first use, and it acts only once passed to
-``set_call_hooks``. Without a configured provider every span is non-recording and every
+``rtc_segment.OpenTelemetryHook`` loads it on first use, and so does the default telemetry
+(``_telemetry.py``: one hook on the global providers, made at the first call, unless
+turned off). Without a configured provider every span is non-recording and every
 instrument a no-op, and the hook skips the work of filling them in.
 
 Names follow OpenTelemetry's semantic conventions where they have one (``rpc.*``,
@@ -49,9 +50,11 @@ Attributes = Mapping[str, Any]
 class OpenTelemetryHook:
     """A :class:`~rtc_segment.CallHook` that traces and measures every API call.
 
-    Install it once, at start-up (extra ``otel``)::
+    One is on by default, on the global providers (extra ``otel``; see
+    :func:`~rtc_segment.set_default_telemetry`). Set one yourself, once, at start-up, for
+    providers of your own or ``per_key_spans``; it takes the default's place::
 
-        rtc_segment.set_call_hooks([rtc_segment.OpenTelemetryHook()])
+        rtc_segment.set_call_hooks([rtc_segment.OpenTelemetryHook(per_key_spans=True)])
 
     **Traces.** One span per API call, named ``RTC.<Action>`` (``RTC.GetSegmentTask``),
     kind ``CLIENT``, current while the call runs (so an instrumented httpx nests under

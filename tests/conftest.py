@@ -1,14 +1,24 @@
-"""Fixtures for the whole suite."""
+"""Fixtures for the whole suite, and the event loop the async tests run on.
+
+``--event-loop=uvloop`` (or ``RTC_SEGMENT_TEST_LOOP=uvloop``) runs the async tests on
+uvloop, the loop ``uvicorn[standard]`` runs applications on; the default is asyncio's own.
+Tests in virtual time (``@pytest.mark.looptime``) are skipped on uvloop: looptime patches
+asyncio's loop classes, and uvloop's compiled loop cannot be patched, so they would run in
+real time and sleep for real (see docs/testing.md). The ``uvloop`` nox session runs the
+loop-sensitive suites this way.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 from _short_paths import make_short_directory
 
-from rtc_segment import _remote_credentials, set_call_hooks
+from rtc_segment import _remote_credentials, set_call_hooks, set_default_telemetry
 
 #: Variables of the official credential chain that a developer's shell may hold: no test
 #: may pick them up by accident.
@@ -26,10 +36,68 @@ _CHAIN_VARIABLES = (
     "VOLCENGINE_ECS_METADATA_ENDPOINT",
 )
 
+LOOPS = ("asyncio", "uvloop")
+LOOP_VARIABLE = "RTC_SEGMENT_TEST_LOOP"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--event-loop",
+        choices=LOOPS,
+        default=None,
+        help=f"the event loop async tests run on (default: ${LOOP_VARIABLE}, else asyncio)",
+    )
+
+
+def chosen_loop(config: pytest.Config) -> str:
+    """The loop the async tests run on: the option's, else the environment's, else asyncio."""
+    loop = config.getoption("event_loop") or os.environ.get(LOOP_VARIABLE) or "asyncio"
+    if loop not in LOOPS:
+        raise pytest.UsageError(f"{LOOP_VARIABLE}={loop!r}: expected one of {', '.join(LOOPS)}")
+    return str(loop)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"event loop: {chosen_loop(config)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if chosen_loop(config) != "uvloop":
+        return
+    skip = pytest.mark.skip(
+        reason="virtual time (looptime) patches asyncio's loop only; it runs on asyncio's loop"
+    )
+    for item in items:
+        if item.get_closest_marker("looptime") is not None:
+            item.add_marker(skip)
+
+
+class UvloopFactory:
+    """pytest-asyncio's loop factory hook (pytest-asyncio >= 1.4): every async test on a
+    new uvloop loop. Registered only when uvloop is chosen."""
+
+    @staticmethod
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+        import uvloop  # installed by the uvloop nox session only: not a dependency
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
+def choose_event_loop(config: pytest.Config) -> None:
+    if chosen_loop(config) != "uvloop":
+        return
+    if getattr(config.hook, "pytest_asyncio_loop_factories", None) is None:
+        raise pytest.UsageError("running the tests on uvloop needs pytest-asyncio >= 1.4")
+    config.pluginmanager.register(UvloopFactory(), "rtc-segment-uvloop")
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """pytest-redis's ``redis_proc`` keeps its unix socket in its data directory: give it
-    one whose path does not grow with the clone's (see ``tests/_short_paths.py``)."""
+    """Register the loop chosen. And pytest-redis's ``redis_proc`` keeps its unix socket in
+    its data directory: give it one whose path does not grow with the clone's (see
+    ``tests/_short_paths.py``)."""
+    choose_event_loop(config)
     if getattr(config.option, "redis_datadir", None) is None and not config.getini("redis_datadir"):
         directory = make_short_directory("rtcs-redis-")
         config.option.redis_datadir = str(directory)
@@ -38,9 +106,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def no_call_hooks_after_the_test() -> Iterator[None]:
-    """Instrumentation hooks are process-wide: whatever a test sets ends with it."""
+    """Instrumentation hooks are process-wide: whatever a test sets ends with it (the
+    default telemetry goes back to the environment's choice)."""
     yield
     set_call_hooks(None)
+    set_default_telemetry(None)
 
 
 @pytest.fixture(autouse=True)

@@ -79,6 +79,43 @@ async def test_a_wake_up_a_microsecond_early_counts_as_on_time() -> None:
     assert loop.time() - start == pytest.approx(1.0, abs=1e-3)
 
 
+async def test_a_waiter_is_woken_a_few_times_not_in_a_busy_loop() -> None:
+    """In real time, on whichever loop runs the tests (the uvloop nox session: uvloop's,
+    whose timers and clock tick in milliseconds -- a timer due within half a tick ran at
+    once and was re-armed, ~80 wake-ups per request at 60 QPS, ~300 at 1,000)."""
+    wake_ups = 0
+
+    class Counting(PacedBucket):
+        __slots__ = ()
+
+        def _wake_next(self, *args: object) -> None:
+            nonlocal wake_ups
+            wake_ups += 1
+            super()._wake_next(*args)
+
+    # As LocalRateLimiter makes it: 60 per second (16.7 ms apart, not a whole number of
+    # milliseconds), room for three to catch up.
+    bucket = Counting(4.0, 4.0 / 60)
+    requests = 30
+    for _ in range(requests):
+        await bucket.acquire()
+    assert wake_ups <= 6 * requests  # about 3 each on either loop
+
+
+def test_timers_tick_in_milliseconds_on_other_loops_than_asyncios() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        assert _compat._timer_tick(loop) == 0.0
+    finally:
+        loop.close()
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    try:
+        assert _compat._timer_tick(loop) == 1e-3
+    finally:
+        loop.close()
+
+
 # -- httpx -----------------------------------------------------------------------------------
 
 

@@ -3,14 +3,17 @@ schedulers tell hooks, against the emulator (in virtual time where timing matter
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextvars
+import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+import rtc_segment._instrumentation
 from rtc_segment import (
     Backoff,
     CallDetails,
@@ -29,6 +32,7 @@ from rtc_segment import (
     get_call_hooks,
     set_call_hooks,
 )
+from rtc_segment._instrumentation import active_call_hooks
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault, Lifecycle
 
 KEY = TaskKey("app", "room", "task")
@@ -82,26 +86,54 @@ def test_the_recorder_is_a_hook_and_a_context_manager() -> None:
     assert get_call_hooks() == (first,)
 
 
-def test_importing_and_calling_never_loads_opentelemetry() -> None:
-    code = (
-        "import asyncio, sys\n"
-        "import rtc_segment\n"
-        "from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator\n"
-        "async def main():\n"
-        "    emulator = Emulator(); emulator.add_task('a', 'r', 't')\n"
-        "    with rtc_segment.CallRecorder():\n"
-        "        async with rtc_segment.SegmentClient(\n"
-        "            DEFAULT_CREDENTIALS, transport=emulator.transport()) as client:\n"
-        "            await client.get_segment_task('a', 'r', 't')\n"
-        "            await client.gather_segment_tasks([('a', 'r', 't')])\n"
-        "asyncio.run(main())\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'rtc_segment._otel')))\n"
-        "print(loaded)\n"
-    )
+IMPORT_AND_CALL = (
+    "import asyncio, sys\n"
+    "import rtc_segment\n"
+    "from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator\n"
+    "async def main():\n"
+    "    emulator = Emulator(); emulator.add_task('a', 'r', 't')\n"
+    "    with rtc_segment.CallRecorder():\n"
+    "        async with rtc_segment.SegmentClient(\n"
+    "            DEFAULT_CREDENTIALS, transport=emulator.transport()) as client:\n"
+    "            await client.get_segment_task('a', 'r', 't')\n"
+    "            await client.gather_segment_tasks([('a', 'r', 't')])\n"
+    "if sys.argv[1] == 'call':\n"
+    "    asyncio.run(main())\n"
+    "loaded = sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'rtc_segment._otel')))\n"
+    "print(loaded)\n"
+)
+
+
+def loaded_by(what: str, telemetry: str | None) -> list[str]:
+    """The OpenTelemetry modules loaded in a new interpreter by importing rtc_segment
+    (``what="import"``) or by calls too (``"call"``), with RTC_SEGMENT_TELEMETRY set so."""
+    env = {k: v for k, v in os.environ.items() if k != "RTC_SEGMENT_TELEMETRY"}
+    if telemetry is not None:
+        env["RTC_SEGMENT_TELEMETRY"] = telemetry
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", IMPORT_AND_CALL, what],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
     )
-    assert result.stdout.strip() == "[]"
+    loaded: list[str] = ast.literal_eval(result.stdout.strip())
+    return loaded
+
+
+def test_importing_never_loads_opentelemetry() -> None:
+    assert loaded_by("import", telemetry=None) == []
+
+
+def test_with_the_default_telemetry_off_calling_never_loads_opentelemetry() -> None:
+    assert loaded_by("call", telemetry="off") == []
+
+
+def test_by_default_the_first_call_loads_the_opentelemetry_hook() -> None:
+    loaded = loaded_by("call", telemetry=None)
+    assert "rtc_segment._otel" in loaded
+    assert "opentelemetry.trace" in loaded
 
 
 # -- one call ---------------------------------------------------------------------------------
@@ -241,6 +273,26 @@ async def test_a_hook_that_raises_is_logged_and_the_call_goes_on(
     assert len(recorder.calls) == 2 and len(recorder.retries) == 1
     broken = {str(r.exc_info[1]) for r in caplog.records if r.exc_info}
     assert broken == {"on_run broke", "on_limiter_wait broke", "on_retry broke", "on_end broke"}
+
+
+@pytest.mark.looptime
+async def test_a_default_hook_source_that_raises_is_logged_and_calls_go_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_source(set_hooks: tuple[CallHook, ...]) -> CallHook | None:
+        raise RuntimeError("the OpenTelemetry install is broken")
+
+    monkeypatch.setattr(rtc_segment._instrumentation, "_default_source", broken_source)
+    monkeypatch.delenv("RTC_SEGMENT_TELEMETRY", raising=False)
+    recorder = CallRecorder()
+    set_call_hooks([recorder])
+    async with client_on(emulator_with_task()) as client:
+        task = await client.get_segment_task(*KEY)
+    assert task.status.name == "RUNNING"
+    assert len(recorder.calls) == 1  # the hooks set are still told
+    assert active_call_hooks() == (recorder,)
+    broken = {str(r.exc_info[1]) for r in caplog.records if r.exc_info}
+    assert broken == {"the OpenTelemetry install is broken"}
 
 
 class Ordered:

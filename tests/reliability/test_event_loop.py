@@ -12,6 +12,9 @@ import asyncio
 import gc
 import time
 
+import pytest
+from conftest import chosen_loop
+
 from rtc_segment import Backoff, SegmentClient
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator
 
@@ -62,3 +65,14 @@ async def test_fan_out_never_blocks_the_loop_for_long(capsys: object) -> None:
         f"max {worst * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, {len(lags)} samples"
     )
     assert worst < CI_BOUND_SECONDS, f"max lag {worst * 1000:.1f} ms"
+
+
+async def test_the_async_tests_run_on_the_loop_chosen(pytestconfig: pytest.Config) -> None:
+    """``--event-loop=uvloop`` (the ``uvloop`` nox session) really runs them on uvloop."""
+    loop = asyncio.get_running_loop()
+    if chosen_loop(pytestconfig) == "uvloop":
+        import uvloop
+
+        assert isinstance(loop, uvloop.Loop)
+    else:
+        assert isinstance(loop, asyncio.BaseEventLoop)  # asyncio's (looptime subclasses it)
