@@ -235,3 +235,16 @@ def unsupported_python(session: nox.Session) -> None:
     if not isinstance(output, str) or "requires a different Python" not in output:
         session.error(f"pip did not refuse Python {UNSUPPORTED} by requires-python:\n{output}")
     session.log(next(line for line in output.splitlines() if "requires a different" in line))
+
+
+@nox.session(python=SUPPORTED[0], default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the core modules (slow: not in CI's run, not a default session).
+
+    mutmut 3 mutates each module in a scratch copy (``.mutation/<module>``) and runs the
+    tests listed for it in ``tests/mutation/run_mutation.py``; hand-made mutants cover what
+    mutmut skips. Prints the table of docs/testing.md. Modules as posargs:
+    ``nox -s mutation -- _validation _errors``; ``--fail-under 98`` fails below that score.
+    """
+    session.install("-e", ".[test]", "mutmut==3.8.1")
+    session.run("python", "tests/mutation/run_mutation.py", *session.posargs)
