@@ -5,6 +5,8 @@
     nox -s newest           the newest allowed version of everything, on the newest Python
     nox -s packaging        build, twine check, LICENSE, a bare wheel, tests from the sdist
     nox -s unsupported_python   an older Python is refused at install time
+    nox -s tz               the time-handling tests under Asia/Shanghai and America/New_York
+    nox -s mutation         mutation testing of the core modules (slow; not run by CI)
 
 Extra arguments go to pytest: ``nox -s lowest -- tests/test_redis.py -k restart``.
 Packages come from wherever pip is configured to fetch them (``pip config list``), the same
@@ -61,6 +63,7 @@ nox.options.sessions = [
     "newest",
     "packaging",
     "unsupported_python",
+    "tz",
 ]
 # Interpreters are found on this machine, never downloaded: a missing one is skipped
 # locally and is an error in CI (nox's default when CI is set).
@@ -154,6 +157,37 @@ def lowest_constraints(pyproject: Path, extra: str = "test") -> list[str]:
     return [f"{package}=={version}" for package, version in sorted(pins.items())]
 
 
+# Every test module whose code turns instants into text or back (signing's X-Date, the
+# credentials' expiry, the models' epoch milliseconds, the CLI's local times, Retry-After
+# dates, the emulator's clock and task ages): the whole suite takes minutes, and the rest
+# never looks at the local zone. `nox -s tz -- tests/` runs everything instead.
+TZ_TESTS = (
+    "tests/test_signing.py",
+    "tests/test_auth.py",
+    "tests/test_credentials.py",
+    "tests/test_models.py",
+    "tests/test_converter.py",
+    "tests/test_cli.py",
+    "tests/test_cli_parts.py",
+    "tests/test_cli_actions.py",
+    "tests/test_transports.py",
+    "tests/test_actions.py",
+    "tests/test_testing_clock.py",
+    "tests/test_testing_state.py",
+    "tests/test_testing_emulator.py",
+)
+# A zone far from UTC all year, and one with daylight saving time.
+TZ_ZONES = ["Asia/Shanghai", "America/New_York"]
+# Proof that the zone took effect: with no zone database, TZ=Asia/Shanghai silently is UTC.
+TZ_CHECK = """
+import os, time
+offset = time.localtime(1_700_000_000).tm_gmtoff  # 14 November 2023: no DST anywhere
+expected = {"Asia/Shanghai": 8 * 3600, "America/New_York": -5 * 3600}[os.environ["TZ"]]
+assert offset == expected, (os.environ["TZ"], offset, "is the tz database (tzdata) installed?")
+print("local zone:", os.environ["TZ"], time.strftime("%Z %z", time.localtime(1_700_000_000)))
+"""
+
+
 def _run_suite(session: nox.Session) -> None:
     session.run(*PYTEST, *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
 
@@ -235,6 +269,17 @@ def unsupported_python(session: nox.Session) -> None:
     if not isinstance(output, str) or "requires a different Python" not in output:
         session.error(f"pip did not refuse Python {UNSUPPORTED} by requires-python:\n{output}")
     session.log(next(line for line in output.splitlines() if "requires a different" in line))
+
+
+@nox.session(python=SUPPORTED[0])
+@nox.parametrize("zone", TZ_ZONES)
+def tz(session: nox.Session, zone: str) -> None:
+    """The time-handling tests (``TZ_TESTS``) with the process's local zone set to ``zone``:
+    CI runs in UTC, users do not. Extra arguments replace the test list."""
+    session.install("-e", ".[test]")
+    env = {"TZ": zone, "PYTHONDONTWRITEBYTECODE": "1"}
+    session.run("python", "-c", TZ_CHECK, env=env)
+    session.run(*PYTEST, *(session.posargs or TZ_TESTS), env=env)
 
 
 @nox.session(python=SUPPORTED[0], default=False)

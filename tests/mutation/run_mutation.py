@@ -91,21 +91,34 @@ class Row:
         return 100.0 * self.killed / judged if judged else 100.0
 
 
-def _copy_tree(destination: Path) -> None:
-    """The package, the tests and the project file: all mutmut and the tests read."""
+# What is never copied into a scratch tree: environments, caches, earlier scratch trees.
+_NOT_COPIED = {".git", ".venv", ".ci-venv", ".nox", ".mutation", "mutants", "site", "dist"}
+
+
+def _copied(destination: Path) -> list[str]:
+    """Copy the working tree (the tests read docs/, examples/, README.md, ...); the names."""
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "mutants", "*.pyc")
-    for name in ("rtc_segment", "tests"):
-        shutil.copytree(ROOT / name, destination / name, ignore=ignore)
-    shutil.copy2(ROOT / "pyproject.toml", destination / "pyproject.toml")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*_cache", ".hypothesis")
+    names = []
+    for path in sorted(ROOT.iterdir()):
+        if path.name in _NOT_COPIED or path.name.endswith(("_cache", ".egg-info")):
+            continue
+        if path.is_dir():
+            shutil.copytree(path, destination / path.name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(path, destination / path.name)
+        names.append(path.name + ("/" if path.is_dir() else ""))
+    return names
 
 
-def _mutmut_config(module: str, tests: list[str]) -> str:
+def _mutmut_config(module: str, tests: list[str], copied: list[str]) -> str:
+    also_copy = [name for name in copied if name not in ("rtc_segment/", "tests/")]
     lines = [
         "",
         "[tool.mutmut]",
         'source_paths = ["rtc_segment/"]',
+        f"also_copy = {json.dumps(also_copy)}",
         f'only_mutate = ["rtc_segment/{module}.py"]',
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q'])}",
@@ -148,9 +161,9 @@ def _survivor(name: str, functions: dict[str, str]) -> Survivor:
 def run_mutmut(module: str, tests: list[str], workdir: Path, children: int) -> Row:
     """mutmut over one module in a scratch copy; the row of the table it gives."""
     scratch = workdir / module
-    _copy_tree(scratch)
+    copied = _copied(scratch)
     with (scratch / "pyproject.toml").open("a", encoding="utf-8") as project:
-        project.write(_mutmut_config(module, tests))
+        project.write(_mutmut_config(module, tests, copied))
     log = scratch / "mutmut.log"
     print(f"mutmut: {module} against {' '.join(tests)} (log: {log})", flush=True)
     with log.open("w", encoding="utf-8") as output:
@@ -184,7 +197,7 @@ def run_hand_mutants(module: str, tests: list[str], workdir: Path) -> Row | None
     if not mutants:
         return None
     scratch = workdir / f"{module}-hand"
-    _copy_tree(scratch)
+    _copied(scratch)
     path = scratch / "rtc_segment" / f"{module}.py"
     pristine = path.read_text(encoding="utf-8")
     row = Row(label=f"`{module}.py`, hand-made mutants", tests=tests)
