@@ -50,9 +50,11 @@ MODULES: dict[str, list[str]] = {
     "_caller": ["tests/test_caller.py"],
     "_redis": ["tests/test_redis.py"],
 }
-# Modules whose functions run at import time (the converter compiles its hooks then): each
-# mutant is run in a process that imports the mutated module afresh, not in a fork of one
-# that imported it already (where the import-time calls would all have seen the original).
+# Modules whose functions run at import time (the converter compiles its hooks then). mutmut
+# runs each mutant in a fork of a process that imported the module already, so a mutant of
+# such a function never takes effect there (it survives, or has "no tests"). Each mutant
+# mutmut did not kill is run again in a fresh pytest process that imports the mutated
+# module with the mutant active from the start.
 FRESH_IMPORT = {"_converter"}
 KILLED = {1, 3, 36, 37, 24, -24, 152, 255}  # failed, pytest error, timeouts, type check
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-x"]
@@ -124,8 +126,6 @@ def _mutmut_config(module: str, tests: list[str], copied: list[str]) -> str:
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q'])}",
         "use_git_change_detection = false",
     ]
-    if module in FRESH_IMPORT:
-        lines += ['process_isolation = "forkserver"', 'forkserver_warmup = "none"']
     return "\n".join(lines) + "\n"
 
 
@@ -182,12 +182,38 @@ def run_mutmut(module: str, tests: list[str], workdir: Path, children: int) -> R
     results: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     functions = _functions((scratch / "mutants" / "rtc_segment" / f"{module}.py").read_text())
     row = Row(label=f"`{module}.py`", tests=tests, total=len(results))
+    if module in FRESH_IMPORT and _killed_in_a_fresh_process("", tests, scratch):
+        print(f"the tests fail in a fresh process without any mutant: {module}", flush=True)
+        raise SystemExit(2)
     for name, exit_code in sorted(results.items()):
-        if exit_code in KILLED:
+        if exit_code in KILLED or (
+            module in FRESH_IMPORT and _killed_in_a_fresh_process(name, tests, scratch)
+        ):
             row.killed += 1
         else:
             row.survivors.append(_survivor(name, functions))
     return row
+
+
+def _killed_in_a_fresh_process(mutant: str, tests: list[str], scratch: Path) -> bool:
+    """Whether the tests fail with ``mutant`` active from the interpreter's start
+    (``""``: none, the original code)."""
+    mutated_tree = scratch / "mutants"  # first on sys.path: python -m puts the cwd there
+    environment = {**os.environ, "MUTANT_UNDER_TEST": mutant, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "pytest", *PYTEST_ARGS, *tests],
+            cwd=mutated_tree,
+            env=environment,
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        return True
+    outcome = "killed" if finished.returncode else "survived"
+    print(f"  fresh process: {mutant or 'no mutant'}: {outcome}", flush=True)
+    return finished.returncode != 0
 
 
 def run_hand_mutants(module: str, tests: list[str], workdir: Path) -> Row | None:
