@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,13 +186,17 @@ def run_mutmut(module: str, tests: list[str], workdir: Path, children: int) -> R
     if module in FRESH_IMPORT and _killed_in_a_fresh_process("", tests, scratch):
         print(f"the tests fail in a fresh process without any mutant: {module}", flush=True)
         raise SystemExit(2)
-    for name, exit_code in sorted(results.items()):
-        if exit_code in KILLED or (
-            module in FRESH_IMPORT and _killed_in_a_fresh_process(name, tests, scratch)
-        ):
-            row.killed += 1
-        else:
-            row.survivors.append(_survivor(name, functions))
+    not_killed = sorted(name for name, exit_code in results.items() if exit_code not in KILLED)
+    if module in FRESH_IMPORT:
+        with ThreadPoolExecutor(max_workers=children) as pool:
+            killed_fresh = list(
+                pool.map(lambda name: _killed_in_a_fresh_process(name, tests, scratch), not_killed)
+            )
+        not_killed = [
+            name for name, killed in zip(not_killed, killed_fresh, strict=True) if not killed
+        ]
+    row.killed = row.total - len(not_killed)
+    row.survivors = [_survivor(name, functions) for name in not_killed]
     return row
 
 
