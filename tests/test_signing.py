@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.util
-import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from types import ModuleType
 from typing import Any
@@ -14,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from _local_zone import local_zone
 from _signing_support import (
     DATA,
     HMAC_VECTORS,
@@ -522,19 +521,6 @@ def test_signature_matches_the_sdks_hmac_around_the_block_size(vector: dict[str,
     assert signature(bytes.fromhex(vector["key_hex"]), vector["message"]) == vector["signature"]
 
 
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    """Set the process's local time zone (as TZ=... would); restored afterwards."""
-
-    def set_zone(name: str) -> None:
-        monkeypatch.setenv("TZ", name)
-        time.tzset()
-
-    yield set_zone
-    monkeypatch.undo()
-    time.tzset()
-
-
 @pytest.mark.parametrize("local", ["UTC", "Asia/Shanghai", "America/New_York"])
 @pytest.mark.parametrize(
     ("now", "x_date"),
@@ -547,13 +533,13 @@ def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None
     ],
 )
 def test_x_date_of_an_aware_non_utc_time_is_its_utc_instant(
-    local_zone: Callable[[str], None], local: str, now: datetime, x_date: str
+    local: str, now: datetime, x_date: str
 ) -> None:
-    local_zone(local)  # whatever the machine's zone, X-Date is UTC
-    assert format_x_date(now) == x_date
-    signed = Signer(Credentials(AK, SK), region="cn-north-1").sign(
-        method="GET", host="rtc.volcengineapi.com", query={}, now=now
-    )
+    with local_zone(local):  # whatever the machine's zone, X-Date is UTC
+        assert format_x_date(now) == x_date
+        signed = Signer(Credentials(AK, SK), region="cn-north-1").sign(
+            method="GET", host="rtc.volcengineapi.com", query={}, now=now
+        )
     assert signed.headers["X-Date"] == x_date
     assert f"/{x_date[:8]}/cn-north-1/rtc/request," in signed.authorization
 

@@ -316,16 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--fail-under", type=float, default=None)
     parser.add_argument("--no-hand", action="store_true", help="skip the hand-made mutants")
+    parser.add_argument(
+        "--tests", nargs="+", help="run these test files instead of the module's own (one module)"
+    )
     arguments = parser.parse_args(argv)
     modules = [m if m.startswith("_") else f"_{m}" for m in arguments.modules] or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {' '.join(MODULES)}")
+    if arguments.tests and len(modules) != 1:
+        parser.error("--tests needs exactly one module")
 
     rows: list[Row] = []
     stale: list[dict[str, str]] = []
     for module in modules:
-        tests = [t for t in MODULES[module] if (ROOT / t).exists()]
+        tests = arguments.tests or [t for t in MODULES[module] if (ROOT / t).exists()]
         row = run_mutmut(module, tests, arguments.workdir.resolve(), arguments.children)
         stale += mark_equivalents(row, module, hand=False)
         rows.append(row)
