@@ -272,7 +272,7 @@ def unsupported_python(session: nox.Session) -> None:
 
 
 @nox.session(python=SUPPORTED[0])
-@nox.parametrize("zone", TZ_ZONES)
+@nox.parametrize("zone", TZ_ZONES, ids=["shanghai", "new_york"])
 def tz(session: nox.Session, zone: str) -> None:
     """The time-handling tests (``TZ_TESTS``) with the process's local zone set to ``zone``:
     CI runs in UTC, users do not. Extra arguments replace the test list."""
