@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import enum
+import inspect
 import json
+import linecache
 from pathlib import Path
 from typing import Any
 
@@ -621,3 +623,14 @@ def test_shape_errors_of_metadata_carry_the_problem() -> None:
 def test_unstructure_refuses_what_is_not_a_model_naming_its_type() -> None:
     with pytest.raises(TypeError, match=r"^not a model instance: dict$"):
         unstructure({"Status": 1})
+
+
+def test_the_generated_structuring_code_can_be_read_where_it_fails() -> None:
+    # Tracebacks through the generated functions show their lines (linecache has them).
+    from rtc_segment._converter import _structure_fns
+
+    function = _structure_fns[Stream]
+    source = inspect.getsource(function)
+    assert source.startswith("def structure_Stream(o):\n  if type(o) is not dict:\n")
+    first_line = linecache.getline(function.__code__.co_filename, 1)
+    assert first_line == "def structure_Stream(o):\n"
