@@ -634,3 +634,9 @@ def test_the_generated_structuring_code_can_be_read_where_it_fails() -> None:
     assert source.startswith("def structure_Stream(o):\n  if type(o) is not dict:\n")
     first_line = linecache.getline(function.__code__.co_filename, 1)
     assert first_line == "def structure_Stream(o):\n"
+
+
+def test_a_stream_list_that_is_not_a_list_is_described() -> None:
+    error = shape_error(structure_task, {"TargetStreams": {"StreamList": "abc"}})
+    assert error.path == "SegmentTask.TargetStreams.StreamList"
+    assert error.problem == "expected list, got str 'abc'"
