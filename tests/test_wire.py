@@ -30,6 +30,7 @@ from rtc_segment._models import ResponseMetadata
 from rtc_segment._wire import (
     MAX_RESPONSE_BYTES,
     AttemptFailed,
+    DirectSender,
     check_endpoint,
     classify,
     is_loopback,
@@ -56,7 +57,9 @@ def test_loopback_hosts(host: str) -> None:
     assert is_loopback(host)
 
 
-@pytest.mark.parametrize("host", ["example.com", "10.0.0.1", "::2", "localhost.example", ""])
+@pytest.mark.parametrize(
+    "host", ["example.com", "10.0.0.1", "::2", "localhost.example", "", "X127.0.0.1X"]
+)
 def test_other_hosts_are_not_loopback(host: str) -> None:
     assert not is_loopback(host)
 
@@ -78,6 +81,21 @@ def test_other_hosts_are_not_loopback(host: str) -> None:
 )
 def test_allowed_endpoints_give_base_url_and_host(endpoint: str, base_url: str, host: str) -> None:
     assert check_endpoint(endpoint, allow_insecure_http=False) == (base_url, host)
+
+
+def test_the_refusals_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="refusing") as plain:
+        check_endpoint("http://example.com", allow_insecure_http=False)
+    assert str(plain.value) == (
+        "endpoint: refusing plain http:// to non-loopback host 'example.com': requests carry "
+        "signatures; use https:// or pass allow_insecure_http=True"
+    )
+    with pytest.raises(ValueError, match="API path") as path:
+        check_endpoint("https://example.com/api", allow_insecure_http=False)
+    assert str(path.value) == (
+        "endpoint must be just scheme://host[:port], got 'https://example.com/api' "
+        "(the API path is always /)"
+    )
 
 
 def test_plain_http_elsewhere_needs_the_explicit_opt_in() -> None:
@@ -397,3 +415,94 @@ def test_retry_after_counts_only_for_429_and_503() -> None:
     assert _retry_after({"Retry-After": "3"}, status=503) == 3.0
     assert _retry_after({"Retry-After": "3"}, status=500) is None
     assert _retry_after({"Retry-After": "3"}, status=400) is None
+
+
+# --- more edges (mutation testing) ---------------------------------------------------------
+
+
+async def test_every_refused_body_was_sent_and_names_the_attempt() -> None:
+    long_encoding = "x-" + "e" * 60
+    compressed = httpx.Response(200, headers={"Content-Encoding": long_encoding}, content=b"")
+    declared = httpx.Response(
+        200, headers={"Content-Length": str(MAX_RESPONSE_BYTES + 1)}, content=b""
+    )
+    streamed = httpx.Response(200, content=_chunks(b"x" * (MAX_RESPONSE_BYTES + 1)))
+    for response in (compressed, declared, streamed):
+        with pytest.raises(AttemptFailed) as caught:
+            await read_capped(response, ACTION, KEY)
+        assert caught.value.sent is True
+        assert caught.value.retry_after is None
+        assert str(caught.value) == str(caught.value.error)
+    with pytest.raises(AttemptFailed) as caught:
+        await read_capped(compressed, ACTION, KEY)
+    assert caught.value.error.message == (
+        f"the answer is compressed ({long_encoding[:40]!r}) although it was asked for "
+        "uncompressed; it is not inflated, as it could be of any size"
+    )
+
+
+async def test_a_connection_lost_while_reading_says_what_failed() -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"{"
+        raise httpx.ReadError("peer closed")
+
+    with pytest.raises(AttemptFailed) as caught:
+        await read_capped(httpx.Response(200, content=broken()), ACTION, KEY)
+    error = caught.value.error
+    assert error.message == "request failed: ReadError: peer closed"
+    assert error.action == ACTION
+
+
+def test_an_excerpt_of_undecodable_bytes_replaces_them() -> None:
+    error = _failed(200, b"\xff\xfe not json").error
+    assert type(error) is ResponseFormatError
+    assert error.excerpt == "\ufffd\ufffd not json"
+
+
+def test_a_400_with_good_metadata_and_no_error_is_still_an_error() -> None:
+    error = _failed(400, {"ResponseMetadata": METADATA}).error
+    assert type(error) is InvalidParameterError
+    assert error.service_message == "HTTP 400"  # type: ignore[attr-defined]
+    assert error.request_id == "req-1"
+
+
+def test_a_200_without_metadata_names_its_status() -> None:
+    assert _failed(200, {"Result": {}}).error.http_status == 200
+
+
+def test_a_throttling_error_page_keeps_retry_after() -> None:
+    failed = _failed(429, b"<html>Too Many Requests</html>", {"Retry-After": "2"})
+    assert type(failed.error) is ThrottledError
+    assert failed.error.retry_after == 2.0
+    assert failed.retry_after == 2.0
+
+
+async def test_direct_sender_builds_what_the_client_would_send() -> None:
+    seen: list[httpx.Request] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    mounted = httpx.MockTransport(answer)
+    other = httpx.MockTransport(answer)
+    async with httpx.AsyncClient(
+        transport=other,
+        mounts={"https://example.com": mounted},
+        timeout=httpx.Timeout(3.0),
+        headers={"User-Agent": "test-agent"},
+    ) as client:
+        sender = DirectSender(client, "https://example.com")
+        assert sender.transport is mounted  # the transport client.send would pick
+        get = sender.request("GET", "a=1&b=%20", {"X-Date": "d"}, b"")
+        assert str(get.url) == "https://example.com/?a=1&b=%20"
+        assert get.headers["X-Date"] == "d"
+        assert get.headers["User-Agent"] == "test-agent"
+        assert "content-length" not in get.headers  # no body, no length
+        assert get.extensions["timeout"] == httpx.Timeout(3.0).as_dict()
+        post = sender.request("POST", "a=1", {"Content-Type": "application/json"}, b"{}")
+        assert post.read() == b"{}"
+        assert post.headers["Content-Length"] == "2"
+        response = await sender.send(post)
+        assert response.request is post
+        assert seen == [post]
