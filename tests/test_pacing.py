@@ -300,3 +300,26 @@ def test_the_estimate_is_recomputed_every_16_samples() -> None:
     assert margin.spread == 0.0
     assert margin.record(0.09)
     assert margin.spread is not None and margin.spread > 0.0
+
+
+def test_a_send_leaving_within_a_microsecond_after_counts_as_left_by_then() -> None:
+    log = SendLog(limit=2, horizon=10.0)
+    log.record(1e-6)  # left a microsecond after the answer's send time: the same send
+    assert log.answered(0.0, 0.05)
+    assert not log.answered(0.0, 0.05)  # and it has its round trip now
+
+
+def test_a_send_exactly_the_horizon_old_is_forgotten() -> None:
+    log = SendLog(limit=3, horizon=1.0)
+    log.record(0.0)
+    log.record(1.0)
+    assert len(log) == 1
+    log.record(1.5)
+    assert len(log) == 2
+
+
+def test_a_wait_of_exactly_a_microsecond_counts_as_none() -> None:
+    log = SendLog(limit=1, horizon=10.0)
+    log.record(0.0)
+    assert log.wait(0.0, fixed(1e-6)) == 0.0
+    assert log.wait(0.0, fixed(2e-6)) == 2e-6
