@@ -6,6 +6,8 @@
     nox -s packaging        build, twine check, LICENSE, a bare wheel, tests from the sdist
     nox -s unsupported_python   an older Python is refused at install time
     nox -s uvloop           the loop-sensitive suites on uvloop (uvicorn[standard]'s loop)
+    nox -s tz               the time-handling tests under Asia/Shanghai and America/New_York
+    nox -s mutation         mutation testing of the core modules (slow; not run by CI)
 
 Extra arguments go to pytest: ``nox -s lowest -- tests/test_redis.py -k restart``.
 Packages come from wherever pip is configured to fetch them (``pip config list``), the same
@@ -85,6 +87,7 @@ nox.options.sessions = [
     "packaging",
     "unsupported_python",
     "uvloop",
+    "tz",
 ]
 # Interpreters are found on this machine, never downloaded: a missing one is skipped
 # locally and is an error in CI (nox's default when CI is set).
@@ -176,6 +179,37 @@ def lowest_constraints(pyproject: Path, extra: str = "test") -> list[str]:
             raise ValueError(f"{requirement} declares no lower bound")
         pins[requirement.name] = max(lows, key=Version)
     return [f"{package}=={version}" for package, version in sorted(pins.items())]
+
+
+# Every test module whose code turns instants into text or back (signing's X-Date, the
+# credentials' expiry, the models' epoch milliseconds, the CLI's local times, Retry-After
+# dates, the emulator's clock and task ages): the whole suite takes minutes, and the rest
+# never looks at the local zone. `nox -s tz -- tests/` runs everything instead.
+TZ_TESTS = (
+    "tests/test_signing.py",
+    "tests/test_auth.py",
+    "tests/test_credentials.py",
+    "tests/test_models.py",
+    "tests/test_converter.py",
+    "tests/test_cli.py",
+    "tests/test_cli_parts.py",
+    "tests/test_cli_actions.py",
+    "tests/test_transports.py",
+    "tests/test_actions.py",
+    "tests/test_testing_clock.py",
+    "tests/test_testing_state.py",
+    "tests/test_testing_emulator.py",
+)
+# A zone far from UTC all year, and one with daylight saving time.
+TZ_ZONES = ["Asia/Shanghai", "America/New_York"]
+# Proof that the zone took effect: with no zone database, TZ=Asia/Shanghai silently is UTC.
+TZ_CHECK = """
+import os, time
+offset = time.localtime(1_700_000_000).tm_gmtoff  # 14 November 2023: no DST anywhere
+expected = {"Asia/Shanghai": 8 * 3600, "America/New_York": -5 * 3600}[os.environ["TZ"]]
+assert offset == expected, (os.environ["TZ"], offset, "is the tz database (tzdata) installed?")
+print("local zone:", os.environ["TZ"], time.strftime("%Z %z", time.localtime(1_700_000_000)))
+"""
 
 
 def _run_suite(session: nox.Session) -> None:
@@ -272,3 +306,27 @@ def unsupported_python(session: nox.Session) -> None:
     if not isinstance(output, str) or "requires a different Python" not in output:
         session.error(f"pip did not refuse Python {UNSUPPORTED} by requires-python:\n{output}")
     session.log(next(line for line in output.splitlines() if "requires a different" in line))
+
+
+@nox.session(python=SUPPORTED[0])
+@nox.parametrize("zone", TZ_ZONES, ids=["shanghai", "new_york"])
+def tz(session: nox.Session, zone: str) -> None:
+    """The time-handling tests (``TZ_TESTS``) with the process's local zone set to ``zone``:
+    CI runs in UTC, users do not. Extra arguments replace the test list."""
+    session.install("-e", ".[test]")
+    env = {"TZ": zone, "PYTHONDONTWRITEBYTECODE": "1"}
+    session.run("python", "-c", TZ_CHECK, env=env)
+    session.run(*PYTEST, *(session.posargs or TZ_TESTS), env=env)
+
+
+@nox.session(python=SUPPORTED[0], default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the core modules (slow: not in CI's run, not a default session).
+
+    mutmut 3 mutates each module in a scratch copy (``.mutation/<module>``) and runs the
+    tests listed for it in ``tests/mutation/run_mutation.py``; hand-made mutants cover what
+    mutmut skips. Prints the table of docs/testing.md. Modules as posargs:
+    ``nox -s mutation -- _validation _errors``; ``--fail-under 98`` fails below that score.
+    """
+    session.install("-e", ".[test]", "mutmut==3.8.1")
+    session.run("python", "tests/mutation/run_mutation.py", *session.posargs)

@@ -245,10 +245,11 @@ def classify(
                 http_status=status,
             )
         )
+    parsed = True
     try:
         document = json.loads(payload)
     except (ValueError, RecursionError):
-        document = None
+        document = parsed = False
     if not isinstance(document, dict):
         if status >= 400:
             # An error page from a proxy or load balancer: the status is all we know.
@@ -264,9 +265,8 @@ def classify(
                     retry_after=retry_after,
                 )
             )
-        what = "not a JSON object" if document is not None or not payload else "not valid JSON"
-        if not payload:
-            what = "empty"
+        # ("null" is valid JSON: it is not an object, like a list or a number)
+        what = "empty" if not payload else "not a JSON object" if parsed else "not valid JSON"
         raise fail(
             ResponseFormatError(
                 f"the answer is {what}",

@@ -17,7 +17,10 @@ from rtc_segment._credentials import Credentials
 DATA = Path(__file__).parent / "data"
 VECTORS_PATH = DATA / "signing-vectors.json"
 #: The vectors made with the official SDK (tests/data/make_signing_vectors.py rebuilds them).
-VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["vectors"]
+_DOCUMENT = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+VECTORS: list[dict[str, Any]] = _DOCUMENT["vectors"]
+#: ``signature(key, message)`` cases around SHA-256's 64-byte block, from the SDK's HMAC.
+HMAC_VECTORS: list[dict[str, str]] = _DOCUMENT["hmac_vectors"]
 UTC = UTC
 
 

@@ -88,7 +88,10 @@ def _vector_request(given_: dict[str, Any]) -> httpx.Request:
     )
 
 
-@pytest.mark.parametrize("vector", vector_params(VECTORS))
+# httpx always sends a Host header: a vector without one is for sign_headers only.
+@pytest.mark.parametrize(
+    "vector", vector_params([v for v in VECTORS if "Host" in v["input"]["headers"]])
+)
 def test_vector(vector: dict[str, Any]) -> None:
     given_ = vector["input"]
     expected = vector["output"]
@@ -113,7 +116,7 @@ def test_vector(vector: dict[str, Any]) -> None:
 def test_the_vectors_cover_both_methods_and_every_header_rule() -> None:
     names = {vector["name"] for vector in VECTORS}
     assert {"get_header_name_case", "post_json_body", "get_session_token"} <= names
-    assert len(VECTORS) == 14
+    assert len(VECTORS) == 16
 
 
 @settings(max_examples=200, deadline=None)

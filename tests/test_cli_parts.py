@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
+from _local_zone import local_zone
 from rich.console import Console
 
 from rtc_segment import ClientStats, TaskStatus
@@ -213,3 +215,30 @@ def test_plain_progress_prints_a_line_per_period_only() -> None:
     assert lines[0].startswith("polling: 5/10 done")
     assert lines[-1].startswith("polling: 10/10 done")
     assert "errors 1" in lines[-1]
+
+
+# -- local times (the suite also runs under TZ=Asia/Shanghai: nox -s tz) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("zone", "start_ms", "local", "utc"),
+    [
+        ("Asia/Shanghai", 1_700_000_000_000, "2023-11-15 06:13:20 CST", "2023-11-14 22:13:20"),
+        ("America/New_York", 1_700_000_000_000, "2023-11-14 17:13:20 EST", "2023-11-14 22:13:20"),
+        # daylight saving time
+        ("America/New_York", 1_688_212_800_000, "2023-07-01 08:00:00 EDT", "2023-07-01 12:00:00"),
+    ],
+)
+def test_task_view_shows_local_time_and_utc(zone: str, start_ms: int, local: str, utc: str) -> None:
+    task = SegmentTask(start_time=start_ms, end_time=start_ms + 90_000, status=TaskStatus.ENDED)
+    with local_zone(zone):
+        text = render(task_view(TaskKey("a", "r", "t"), task, now=datetime.now(UTC)))
+    assert local in text
+    assert f"({utc} UTC)" in text
+
+
+def test_running_duration_counts_to_an_aware_non_utc_now() -> None:
+    task = SegmentTask(start_time=1_700_000_000_000, status=TaskStatus.RUNNING)
+    now = datetime.fromtimestamp(1_700_000_000 + 125, tz=ZoneInfo("Asia/Shanghai"))
+    with local_zone("America/New_York"):
+        assert "2m 05s so far" in render(task_view(TaskKey("a", "r", "t"), task, now=now))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import enum
+import inspect
 import json
+import linecache
 from pathlib import Path
 from typing import Any
 
@@ -548,3 +551,92 @@ def test_generated_tasks_round_trip(task: SegmentTask) -> None:
                  st.none() | st.builds(ResponseError, text, st.none() | int64, text)))  # fmt: skip
 def test_generated_metadata_round_trips(metadata: ResponseMetadata) -> None:
     assert structure_metadata(json.loads(json.dumps(unstructure(metadata)))) == metadata
+
+
+# --- what mutation testing found untested (docs/testing.md#mutation-testing) -------------
+
+
+def _problem(data: dict[str, Any]) -> str:
+    return shape_error(structure_task, data).problem
+
+
+@pytest.mark.parametrize(
+    ("value", "described"),
+    [
+        # 58 characters quote to exactly 60: shown whole; 59 to 61: cut to 60 and "…"
+        ("a" * 58, repr("a" * 58)),
+        ("a" * 59, repr("a" * 59)[:60] + "…"),
+        # over 60 characters: the first 60, quoted, then "…"
+        ("a" * 60, repr("a" * 60)[:60] + "…"),
+        ("a" * 61, repr("a" * 60) + "…"),
+        (1.5, "1.5"),
+        (object(), "object"),
+        ({1, 2}, "object"),
+    ],
+)
+def test_a_wrong_value_is_described_by_type_and_a_short_repr(value: object, described: str) -> None:
+    problem = _problem({"StartTime": value})
+    assert problem == f"expected int, got {type(value).__name__} {described}"
+
+
+def test_a_null_list_element_is_described_as_none() -> None:
+    error = shape_error(structure_task, {"TargetStreams": {"StreamList": [{"Index": 0}, None]}})
+    assert error.path == "SegmentTask.TargetStreams.StreamList[1]"
+    assert error.problem == "expected object, got NoneType None"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (2**63, "expected a 64-bit int, got int 9223372036854775808"),  # 64 bits: still shown
+        (-(2**63) - 1, "expected a 64-bit int, got int -9223372036854775809"),
+        (2**64, "expected a 64-bit int, got int of 65 bits"),  # wider: only its size
+        (float(2**64), "expected a 64-bit int, got int of 65 bits"),
+    ],
+)
+def test_ints_beyond_64_bits_are_refused(value: object, problem: str) -> None:
+    assert _problem({"Duration": value}) == problem
+
+
+def test_the_64_bit_bounds_are_inclusive_whatever_the_int_type() -> None:
+    class Wide(enum.IntEnum):
+        LEAST = -(2**63)
+        MOST = 2**63 - 1
+
+    assert structure_task({"Duration": Wide.MOST}).duration == 2**63 - 1
+    assert structure_task({"Duration": Wide.LEAST}).duration == -(2**63)
+    assert structure_task({"Duration": float(-(2**63))}).duration == -(2**63)
+
+
+def test_a_misplaced_secret_is_named_by_type_only() -> None:
+    error = shape_error(structure_task, {"StorageConfig": {"CustomConfig": {"SecretKey": 12}}})
+    assert error.problem == "expected str, got int"
+
+
+def test_shape_errors_of_metadata_carry_the_problem() -> None:
+    error = shape_error(structure_metadata, {"RequestId": 7})
+    assert error.path == "ResponseMetadata.RequestId"
+    assert error.problem == "expected str, got int 7"
+    assert str(error) == "ResponseMetadata.RequestId: expected str, got int 7"
+
+
+def test_unstructure_refuses_what_is_not_a_model_naming_its_type() -> None:
+    with pytest.raises(TypeError, match=r"^not a model instance: dict$"):
+        unstructure({"Status": 1})
+
+
+def test_the_generated_structuring_code_can_be_read_where_it_fails() -> None:
+    # Tracebacks through the generated functions show their lines (linecache has them).
+    from rtc_segment._converter import _structure_fns
+
+    function = _structure_fns[Stream]
+    source = inspect.getsource(function)
+    assert source.startswith("def structure_Stream(o):\n  if type(o) is not dict:\n")
+    first_line = linecache.getline(function.__code__.co_filename, 1)
+    assert first_line == "def structure_Stream(o):\n"
+
+
+def test_a_stream_list_that_is_not_a_list_is_described() -> None:
+    error = shape_error(structure_task, {"TargetStreams": {"StreamList": "abc"}})
+    assert error.path == "SegmentTask.TargetStreams.StreamList"
+    assert error.problem == "expected list, got str 'abc'"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
+from _local_zone import local_zone
 
 from rtc_segment._models import (
     Control,
@@ -177,3 +179,20 @@ class TestTaskOutcome:
     def test_task_key_is_a_plain_tuple(self) -> None:
         assert self.key == ("app", "room", "task")
         assert self.key.room_id == "room"
+
+
+# --- local time zones (the suite also runs under TZ=Asia/Shanghai: nox -s tz) -------------
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Shanghai", "America/New_York"])
+def test_task_datetimes_are_utc_instants_whatever_the_local_zone(zone: str) -> None:
+    task = SegmentTask(start_time=1_688_212_800_123, end_time=1_700_000_000_000)
+    with local_zone(zone):
+        started, ended = task.started_at, task.ended_at
+    assert started is not None and ended is not None
+    assert started.utcoffset() == timedelta(0)
+    assert started.isoformat() == "2023-07-01T12:00:00.123000+00:00"
+    # the same instants as aware datetimes in other zones
+    assert started == datetime(2023, 7, 1, 8, 0, 0, 123_000, tzinfo=ZoneInfo("America/New_York"))
+    assert ended == datetime(2023, 11, 15, 6, 13, 20, tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert ended - started == timedelta(milliseconds=1_700_000_000_000 - 1_688_212_800_123)

@@ -220,3 +220,106 @@ def test_before_enough_samples_every_margin_is_the_starting_one() -> None:
     margin.record(0.05)
     assert margin.margin_for(0.3, 0.0) == STARTING_MARGIN
     assert margin.pace(0.0) == STARTING_MARGIN
+
+
+# --- what mutation testing found untested (docs/testing.md#mutation-testing) -------------
+
+
+def test_the_floor_is_the_single_fastest_round_trip() -> None:
+    margin = JitterMargin()
+    margin.record(0.010)  # one fast answer among slow ones: it sets the floor
+    for _ in range(15):
+        margin.record(0.020)
+    assert margin.margin_for(0.030, 0.0) == pytest.approx(0.030 - 0.010 + MIN_MARGIN)
+    # the pace: the mean above the fastest (15/16 of 10 ms)
+    assert margin.pace(0.0) == pytest.approx(0.010 * 15 / 16 + MIN_MARGIN)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -0.001])
+def test_a_bad_round_trip_neither_counts_nor_moves_the_estimate(bad: float) -> None:
+    margin = JitterMargin()
+    for _ in range(15):
+        margin.record(0.05)
+    assert not margin.record(bad)  # not the 16th sample
+    assert margin.spread is None
+    assert margin.record(0.05)  # this one is
+    assert margin.spread == 0.0
+    assert margin.margin_for(0.05, 0.0) == pytest.approx(MIN_MARGIN)  # floor still 50 ms
+    assert margin.pace(0.0) == pytest.approx(MIN_MARGIN)
+
+
+def test_zero_is_a_valid_round_trip() -> None:
+    margin = JitterMargin()
+    for _ in range(15):
+        margin.record(0.05)
+    assert margin.record(0.0)  # the 16th: counted
+    assert margin.margin_for(0.05, 0.0) == pytest.approx(0.05 + MIN_MARGIN)
+
+
+def test_a_throttle_before_enough_samples_widens_the_starting_margin() -> None:
+    margin = JitterMargin()
+    margin.record(0.05)
+    margin.throttled(5.0)
+    widened = STARTING_MARGIN + 0.005
+    assert margin.margin(5.0) == pytest.approx(widened)
+    assert margin.margin_for(0.3, 5.0) == pytest.approx(widened)
+    assert margin.margin_for(None, 5.0) == pytest.approx(widened)
+    assert margin.pace(5.0) == pytest.approx(widened)
+    margin.throttled(5.999)  # the same crowded second: no further widening
+    assert margin.margin(5.999) == pytest.approx(widened, rel=2e-2)
+    margin.throttled(6.0)  # a second event a second later: the widening doubles
+    assert margin.margin(6.0) == pytest.approx(STARTING_MARGIN + 0.01, rel=2e-2)
+    # and halves every 30 s without another
+    assert margin.margin(36.0) == pytest.approx(STARTING_MARGIN + 0.005, rel=1e-2)
+    assert margin.margin(66.0) == pytest.approx(STARTING_MARGIN + 0.0025, rel=1e-2)
+
+
+def test_a_throttle_long_after_the_last_starts_from_the_relaxed_widening() -> None:
+    margin = JitterMargin()
+    margin.throttled(0.0)
+    margin.throttled(300.0)  # ten half-lives later: almost nothing left, so about one step
+    assert margin.margin(300.0) == pytest.approx(STARTING_MARGIN + 0.005, rel=1e-2)
+
+
+def test_the_widening_never_takes_a_margin_past_the_most() -> None:
+    margin = JitterMargin()
+    for second in range(20):
+        margin.throttled(float(second))
+    assert margin.margin(19.0) == MAX_MARGIN
+    assert margin.pace(19.0) == MAX_MARGIN
+    assert margin.margin_for(10.0, 19.0) == MAX_MARGIN
+
+
+def test_the_estimate_is_recomputed_every_16_samples() -> None:
+    margin = JitterMargin()
+    for _ in range(16):
+        margin.record(0.05)
+    assert margin.spread == 0.0
+    for _ in range(15):
+        assert not margin.record(0.09)  # pending: the estimate stays
+    assert margin.spread == 0.0
+    assert margin.record(0.09)
+    assert margin.spread is not None and margin.spread > 0.0
+
+
+def test_a_send_leaving_within_a_microsecond_after_counts_as_left_by_then() -> None:
+    log = SendLog(limit=2, horizon=10.0)
+    log.record(1e-6)  # left a microsecond after the answer's send time: the same send
+    assert log.answered(0.0, 0.05)
+    assert not log.answered(0.0, 0.05)  # and it has its round trip now
+
+
+def test_a_send_exactly_the_horizon_old_is_forgotten() -> None:
+    log = SendLog(limit=3, horizon=1.0)
+    log.record(0.0)
+    log.record(1.0)
+    assert len(log) == 1
+    log.record(1.5)
+    assert len(log) == 2
+
+
+def test_a_wait_of_exactly_a_microsecond_counts_as_none() -> None:
+    log = SendLog(limit=1, horizon=10.0)
+    log.record(0.0)
+    assert log.wait(0.0, fixed(1e-6)) == 0.0
+    assert log.wait(0.0, fixed(2e-6)) == 2e-6

@@ -103,3 +103,67 @@ def test_bools_must_be_bools() -> None:
     assert check_bool("handle", False) is False
     with pytest.raises(TypeError, match="handle"):
         check_bool("handle", 1)
+
+
+# --- what mutation testing found untested (docs/testing.md#mutation-testing) -------------
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "message"),
+    [
+        (lambda v: validate_id("room_id", v), b"a", "room_id must be a str, not bytes"),
+        (validate_key, ["a", "r", "t"], "not list"),
+        (lambda v: check_number("qps", v), "1", "qps must be a number, not str"),
+        (lambda v: check_int("n", v), 1.0, "n must be an int, not float"),
+        (lambda v: check_bool("handle", v), 1, "handle must be a bool, not int"),
+    ],
+)
+def test_type_errors_name_the_type_given(check: object, value: object, message: str) -> None:
+    assert callable(check)
+    with pytest.raises(TypeError) as caught:
+        check(value)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("length", [1, 39, 40])
+def test_an_invalid_id_up_to_40_characters_is_shown_whole(length: int) -> None:
+    with pytest.raises(ValueError, match="is not a valid id") as caught:
+        validate_id("task_id", "!" * length)
+    assert f"task_id={'!' * length!r} is not" in str(caught.value)
+
+
+def test_an_invalid_id_of_41_characters_is_shortened() -> None:
+    with pytest.raises(ValueError, match=r"task_id='!{40}\.\.\.' is not"):
+        validate_id("task_id", "!" * 41)
+
+
+@pytest.mark.parametrize(("position", "named"), list(enumerate(["app_id", "room_id", "task_id"])))
+def test_task_key_names_exactly_the_bad_argument(position: int, named: str) -> None:
+    invalid = ["a", "r", "t"]
+    invalid[position] = "has space"
+    with pytest.raises(ValueError, match=rf"^{named}='has space' is not a valid id"):
+        task_key(*invalid)
+    wrong_type: list[object] = ["a", "r", "t"]
+    wrong_type[position] = None
+    with pytest.raises(TypeError, match=rf"^{named} must be a str, not NoneType"):
+        task_key(*wrong_type)
+
+
+@pytest.mark.parametrize("small", [0.5, 1e-9, 5e-324])
+def test_positive_takes_any_number_above_zero(small: float) -> None:
+    assert check_number("interval", small, positive=True) == small
+
+
+def test_number_bounds_are_inclusive() -> None:
+    assert check_number("x", 1, minimum=1) == 1.0
+    assert check_number("x", 2, maximum=2) == 2.0
+    assert check_number("x", 2.0, minimum=2, maximum=2) == 2.0
+
+
+def test_int_bounds_are_inclusive() -> None:
+    assert check_int("n", 1, minimum=1, maximum=5) == 1
+    assert check_int("n", 5, minimum=1, maximum=5) == 5
+    assert check_int("n", 1, minimum=1) == 1
+    assert check_int("n", 3, maximum=3) == 3
+    with pytest.raises(ValueError, match="between 1 and 5, got 0"):
+        check_int("n", 0, minimum=1, maximum=5)

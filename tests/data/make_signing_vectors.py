@@ -162,6 +162,17 @@ CASES = [
         datetime="2024-12-31T23:59:59Z",
     ),
     case(
+        "get_content_md5",
+        "'Content-Md5' (exact spelling) is signed like Content-Type and Host.",
+        headers={"Host": HOST, "Content-Md5": "1B2M2Y8AsgTpgAXAEEHJeg=="},
+    ),
+    case(
+        "get_without_host_last_header_has_port",
+        "No Host header at all: nothing gets the host rule, so a later signed header whose "
+        "value looks like 'name:443' keeps its port.",
+        headers={"X-Zeta": "example.com:443"},
+    ),
+    case(
         "post_json_body",
         "POST with a JSON body (as Service.json sends StartSegment/StopSegment).",
         method="POST",
@@ -181,6 +192,24 @@ CASES = [
         query=STOP_QUERY,
     ),
 ]
+
+
+# HMAC-SHA256 keys around SHA-256's 64-byte block: a longer key is hashed first, a key of
+# exactly 64 bytes is not. (Derived signing keys are 32 bytes; these check signature().)
+HMAC_KEY_LENGTHS = (32, 63, 64, 65)
+HMAC_MESSAGE = "HMAC-SHA256\n20240305T070809Z\n20240305/cn-north-1/rtc/request\nabc"
+
+
+def hmac_vectors() -> list[dict[str, str]]:
+    """``signature(key, message)`` cases, computed by the SDK's ``Util.hmac_sha256``."""
+    from volcengine.util.Util import Util
+
+    cases = []
+    for length in HMAC_KEY_LENGTHS:
+        key = bytes((7 * i + 1) % 256 for i in range(length))
+        digest = Util.hmac_sha256(key, HMAC_MESSAGE).hex()
+        cases.append({"key_hex": key.hex(), "message": HMAC_MESSAGE, "signature": digest})
+    return cases
 
 
 @contextmanager
@@ -295,6 +324,7 @@ def build() -> dict[str, Any]:
         "comment": COMMENT,
         "sdk": {"package": "volcengine", "version": f"v{SDK_VERSION}"},
         "vectors": vectors,
+        "hmac_vectors": hmac_vectors(),
     }
 
 
