@@ -19,9 +19,17 @@ clock in seconds, e.g. the event loop's), so any limiter can use it:
   quota: the rate was cut) or :attr:`ThrottleCause.SAME_EPISODE` (the echo of an
   overshoot already acted on: nothing to do).
 * Before pacing a send, read :meth:`ThrottleBackoff.rate`: ``None`` when the backoff is
-  not engaged, else the most requests per second to send now. Take the lower of it and
-  the rate the limiter's own pacing allows. It changes with time alone, so read it again
-  for every send (or at least every few); successes need not be reported.
+  not engaged, else the most requests per second to send now. Hold it in every sliding
+  second of this limiter's sends (:meth:`SendCounter.wait`), not only on average, and
+  space sends at the lower of it and the rate the limiter's own pacing allows. It
+  changes with time alone, so read it again for every send; successes need not be
+  reported.
+
+  Why every second: the server's window holds this client's last second of arrivals
+  beside everyone else's. Right after a cut, sends at the lower rate would still be
+  refused until enough of the old rate's arrivals have left the window (for a whole
+  second when the overshoot began as this client started sending); counting them
+  first pauses instead, and lets nothing through that the server would refuse.
 
 The shape (after botocore's "adaptive" retry mode, a client-side token bucket whose rate
 follows throttling with a CUBIC curve; see ``docs/design/limiter.md``, "Backoff"):
@@ -35,7 +43,7 @@ follows throttling with a CUBIC curve; see ``docs/design/limiter.md``, "Backoff"
   request means the cut was not deep enough, and cuts again. Each cut remembers the rate
   that was throttled.
 * **Recovery.** The rate then climbs on a cubic curve: quickly at first, levelling off at
-  :data:`PLATEAU` (95 %) of the throttled rate -- known to be too much, so the plateau
+  :data:`PLATEAU` (90 %) of the throttled rate -- known to be too much, so the plateau
   sits just below it -- and after that accelerating again, probing for capacity that may
   have been freed, until it reaches the ceiling and the backoff disengages. The curve's
   steepness is a fixed fraction of the ceiling per second cubed (:data:`GROWTH`), the
@@ -71,11 +79,11 @@ __all__ = [
 #: A cut keeps this much of the rate that was throttled.
 KEEP = 0.8
 #: The recovery levels off at this much of the rate that was throttled.
-PLATEAU = 0.95
+PLATEAU = 0.9
 #: The recovery curve's steepness: this fraction of the ceiling per second cubed. At 60
-#: QPS a cut from 30 requests a second reaches its plateau in 2.0 s and passes 30 again
-#: 1.4 s later; a cut from 60, in 2.5 s and 1.7 s.
-GROWTH = 0.01
+#: QPS a cut from 30 requests a second reaches its plateau in 2.2 s and passes 30 again
+#: 2.2 s later; a cut from 60, in 2.7 s and 2.7 s.
+GROWTH = 0.005
 #: Seconds after a cut during which throttles of the requests sent are still the same
 #: episode. Once the server's window is full, frees come as fast as the ceiling, and a
 #: rate that is low enough is not throttled within a few sends; but when the overshoot
@@ -90,6 +98,8 @@ STRAY_WINDOW = 5.0
 OWN_SHARE = 2 / 3
 #: The rate never drops below this share of the ceiling (1 request per second at 60).
 FLOOR_SHARE = 1 / 60
+# A wait this short counts as none (see SendCounter.wait).
+_ON_TIME = 1e-6
 # Without a send time, a throttle within this many seconds of a cut is its echo: the
 # server's sliding window remembers a second.
 _WINDOW_SECONDS = 1.0
@@ -128,6 +138,19 @@ class SendCounter:
         """Sends in the second up to ``now``."""
         self._forget(now)
         return len(self._sends)
+
+    def wait(self, now: float, rate: float) -> float:
+        """Seconds from ``now`` until one more send keeps at most ``rate`` (at least one)
+        in every sliding second."""
+        self._forget(now)
+        limit = max(1, math.floor(rate))
+        sends = self._sends
+        if len(sends) < limit:
+            return 0.0
+        wait = sends[-limit] + _WINDOW_SECONDS - now
+        # Within a clock tick counts as due, or a waiter would sleep for a sliver again and
+        # again (looptime's clock moves in whole microseconds).
+        return wait if wait > _ON_TIME else 0.0
 
     def _forget(self, now: float) -> None:
         sends = self._sends

@@ -141,6 +141,7 @@ class _LoopPacer:
     # When the request whose round trip was reported last left, and when that report
     # came: the caller reports a throttled answer's round trip just before the throttle.
     answered: tuple[float, float] | None = None
+    backed_off: bool = False
     # One waiter at a time checks the log and the bucket, so nothing can be sent between
     # its check and its send (and waiters go in arrival order).
     turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
@@ -237,13 +238,11 @@ class LocalRateLimiter:
             and bucket.now() - pacer.sends.last_sent > _PAUSE_INTERVALS / bucket.rate
         )
         async with pacer.turn:
-            if pacer.backoff.engaged(bucket.now()):
-                self._repace(pacer)  # the backoff's rate climbs with time alone
             # The log first: waiting on it consumes nothing, so a cancelled waiter leaves
             # no trace. Time only frees the log, and nobody else sends while we hold the
             # turn, so it still agrees once the bucket lets us go. (A loop on the clock, not
             # an event: feedback may widen the window while we sleep.)
-            while (wait := pacer.sends.wait(bucket.now(), pacer.window)) > 0:  # noqa: ASYNC110
+            while (wait := self._log_wait(pacer)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
             await bucket.acquire()
             now = bucket.now()
@@ -255,6 +254,21 @@ class LocalRateLimiter:
             else:
                 pacer.sends.record(now)
             pacer.recent.record(now)
+
+    def _log_wait(self, pacer: _LoopPacer) -> float:
+        now = pacer.bucket.now()
+        wait = pacer.sends.wait(now, pacer.window)
+        backed_off = pacer.backoff.rate(now)
+        if backed_off is not None:
+            # While someone else uses the quota: the backoff's rate in every second of our
+            # sends, spaced evenly (it climbs with time alone: re-pace as it does).
+            wait = max(wait, pacer.recent.wait(now, backed_off))
+            self._repace(pacer)
+            pacer.backed_off = True
+        elif pacer.backed_off:
+            pacer.backed_off = False
+            self._repace(pacer)  # the backoff just ended
+        return wait
 
     def observe_round_trip(self, seconds: float) -> None:
         """Feedback from a client: one request took ``seconds`` from its turn to its answer."""
