@@ -244,3 +244,32 @@ async def test_a_fixed_utilization_does_not_back_off() -> None:
         limiter.observe_throttle()
         await asyncio.sleep(1.5)
     assert limiter.rate == pytest.approx(54.0)
+
+
+def test_the_send_counter_says_when_one_more_send_keeps_a_rate_in_every_second() -> None:
+    counter = SendCounter()
+    for i in range(30):
+        counter.record(i / 60)  # 30 sends in half a second
+    assert counter.wait(0.5, 40.0) == 0.0
+    # At most 24 in any second, this one included: the 7th send (at 6/60 s) must be a
+    # second old.
+    assert counter.wait(0.5, 24.6) == pytest.approx(6 / 60 + 1.0 - 0.5)
+    assert counter.wait(2.0, 24.0) == 0.0
+
+
+@pytest.mark.looptime
+async def test_after_a_cut_no_second_of_our_sends_holds_more_than_the_lowered_rate() -> None:
+    # Half a second at full pace, then a throttle: 30 sends in the last second, well below
+    # the ceiling, so someone else uses the quota and the rate drops to 24. The server's
+    # window still holds those 30: the next sends wait until they fit beside them.
+    limiter = LocalRateLimiter(QPS)
+    times = await pace(limiter, 0.5)
+    limiter.observe_throttle()
+    cut_at = asyncio.get_running_loop().time()
+    times += await pace(limiter, 2.0)
+    before = len(times) - len([t for t in times if t > cut_at])
+    after = [t for t in times if cut_at < t <= cut_at + 1.5]
+    assert after and after[0] - cut_at >= 0.3
+    for t in after:
+        # The lowered rate, climbing towards its plateau below the throttled one.
+        assert sum(1 for s in times if t - 1.0 < s <= t) <= PLATEAU * before

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import statistics
 import subprocess
 import sys
 import time
@@ -70,8 +72,11 @@ async def other_consumer(
         await asyncio.wait(pending)
 
 
-async def fan_out_beside(other_qps: float, **client_args: Any) -> tuple[float, int, int, int]:
-    """Wall time, keys lost, our throttled answers and the other consumer's, in virtual time."""
+async def fan_out_beside(
+    other_qps: float, rates: list[float | None] | None = None, **client_args: Any
+) -> tuple[float, int, int, int]:
+    """Wall time, keys lost, our throttled answers and the other consumer's, in virtual time;
+    ``client.stats.limiter_rate`` every second from the third into ``rates``, if given."""
     emulator = Emulator(qps=QPS, latency=LATENCY)
     keys = [emulator.add_task("app", f"room-{i}", "task").key for i in range(KEYS)]
     for i in range(10):
@@ -92,7 +97,13 @@ async def fan_out_beside(other_qps: float, **client_args: Any) -> tuple[float, i
             **client_args,
         ) as client:
             start = loop.time()
-            outcomes = await client.gather_segment_tasks(keys)
+            work = asyncio.ensure_future(client.gather_segment_tasks(keys))
+            if rates is not None:
+                await asyncio.sleep(2.0)
+                while not work.done():
+                    rates.append(client.stats.limiter_rate)
+                    await asyncio.wait([work], timeout=1.0)
+            outcomes = await work
             wall = loop.time() - start
             ours = client.stats.throttled
         stop.set()
@@ -110,6 +121,24 @@ async def test_a_default_client_takes_what_another_consumer_leaves(other_qps: fl
     assert KEYS / wall >= LEFT_SHARE * (QPS - other_qps)
     if other_qps == 30:
         assert wall <= 25.0
+
+
+@pytest.mark.looptime
+async def test_the_operator_is_told_once_and_sees_the_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rates: list[float | None] = []
+    with caplog.at_level(logging.WARNING, logger="rtc_segment"):
+        await fan_out_beside(30, rates=rates)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "another consumer of the account" in message
+    assert "other hosts without a shared limiter" in message
+    # client.stats shows the lowered rate while the other consumer takes its half.
+    known = [rate for rate in rates if rate is not None]
+    assert known and max(known) <= 0.6 * QPS
+    assert statistics.median(known) <= 0.55 * QPS
 
 
 @pytest.mark.looptime
