@@ -12,8 +12,8 @@ answers).
 
 Both ends are recorded, on the machine's one monotonic clock (``time.monotonic``):
 
-* the client's send stamps: when each request was handed to httpx's transport (after the
-  limiter's go and the signing);
+* the client's: when the limiter let each request go (the default ``LocalRateLimiter(60)``,
+  subclassed to note it), and when it was handed to httpx's transport (after signing);
 * the server's arrival stamps: when the emulator counted each request, after uvicorn
   parsed it.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import multiprocessing
 import os
 import sys
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import describe_machine, percentile, print_table
 
-from rtc_segment import SegmentClient, TaskKey
+from rtc_segment import LocalRateLimiter, SegmentClient, TaskKey
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, max_in_window
 
 QPS = 60
@@ -84,29 +85,62 @@ def _burn(seconds: float) -> None:
         sum(i * i for i in range(10_000))
 
 
+# When the limiter let the current request go (set in the task that sends it; an
+# exchange task started for it copies the context).
+_GO: contextvars.ContextVar[float] = contextvars.ContextVar("go")
+
+
+class StampingLimiter(LocalRateLimiter):
+    """The default limiter (``LocalRateLimiter(60)``), noting when it lets each request go."""
+
+    def __init__(self) -> None:
+        super().__init__(QPS)
+        self.gone: list[float] = []
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        now = time.monotonic()
+        self.gone.append(now)
+        _GO.set(now)
+
+
 class StampingTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport, noting when each request is handed to it."""
+    """httpx's transport, noting when each request is handed to it (and how long after
+    the limiter let it go)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sent: list[float] = []
+        self.late: list[tuple[float, float]] = []  # (handed at, seconds after its go)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append(time.monotonic())
+        now = time.monotonic()
+        self.sent.append(now)
+        go = _GO.get(None)
+        if go is not None:
+            self.late.append((now, now - go))
         return await super().handle_async_request(request)
 
 
 async def watch(url: str, seconds: float) -> tuple[list[float], dict[str, Any]]:
     transport = StampingTransport()
+    limiter = StampingLimiter()
     keys = [TaskKey("soak", f"room-{i}", "task") for i in range(TASKS)]
-    async with SegmentClient(DEFAULT_CREDENTIALS, endpoint=url, transport=transport) as client:
+    async with SegmentClient(
+        DEFAULT_CREDENTIALS, endpoint=url, transport=transport, limiter=limiter
+    ) as client:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 async with client.watch_segment_tasks(keys, poll_interval=POLL_INTERVAL) as tasks:
                     async for _event in tasks:
                         pass
         stats = client.stats
-    return transport.sent, {"throttled": stats.throttled, "errors": dict(stats.errors)}
+    return transport.sent, {
+        "throttled": stats.throttled,
+        "errors": dict(stats.errors),
+        "gone": limiter.gone,
+        "late": transport.late,
+    }
 
 
 def over(stamps: list[float], limit: int = QPS) -> int:
@@ -152,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             process.join(10)
     arrivals: list[float] = seen["arrivals"]
     delays = [b - a for a, b in zip(sorted(sent), sorted(arrivals), strict=False)]
+    gone: list[float] = client["gone"]
     rows = [
+        (
+            "client: the limiter's go",
+            str(len(gone)),
+            str(max_in_window(gone, 1.0)),
+            str(over(gone)),
+            "",
+        ),
         (
             "client: handed to httpx",
             str(len(sent)),
@@ -178,6 +220,23 @@ def main(argv: list[str] | None = None) -> int:
             f"\nsend -> arrival (n-th to n-th): p50 {percentile(delays, 0.5) * 1000:.2f} ms, "
             f"p99 {percentile(delays, 0.99) * 1000:.2f} ms, max {max(delays) * 1000:.2f} ms"
         )
+    late = [seconds for _at, seconds in client["late"]]
+    if late:
+        print(
+            f"go -> handed to httpx: p50 {percentile(late, 0.5) * 1000:.2f} ms, "
+            f"p99 {percentile(late, 0.99) * 1000:.2f} ms, max {max(late) * 1000:.2f} ms"
+        )
+    # Every second over the ceiling at the client: how late its requests were handed over.
+    ordered = sorted(client["late"])
+    stamps = [at for at, _seconds in ordered]
+    for i in range(len(stamps) - QPS):
+        if stamps[i + QPS] - stamps[i] < 1.0:
+            lates = [seconds * 1000 for _at, seconds in ordered[i : i + QPS + 1]]
+            print(
+                f"61 handed over in {stamps[i + QPS] - stamps[i]:.4f} s: first handed "
+                f"{lates[0]:.1f} ms after its go, last {lates[-1]:.1f} ms; most late "
+                f"{max(lates):.1f} ms"
+            )
     print(f"client errors: {client['errors'] or 'none'}")
     return 0
 
