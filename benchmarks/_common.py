@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtc_segment import TaskKey
 from rtc_segment._signing import Signer
-from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Latency
+from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault, Latency
 
 APP_ID = "bench-app"
 
@@ -149,6 +149,11 @@ def _serve(conn: Connection, tasks: int) -> None:
                     emulator.forward_delay = Latency.uniform(0.0, jitter) if jitter else None
                     emulator.reset_record()
                     conn.send(None)
+                elif command == "stray_throttle":
+                    # One 429 for the next request about this room: a throttle that no
+                    # pacing of ours caused (retried after the emulator's Retry-After).
+                    emulator.faults.next(1, Fault.HTTP_429, room_id=arguments["room_id"])
+                    conn.send(None)
                 elif command == "stats":
                     conn.send(
                         {
@@ -206,6 +211,10 @@ class EmulatorProcess:
         against the ceiling) after a delay drawn uniformly from 0..J seconds: a jittery path.
         """
         self._call("configure", {"qps": qps, "latency": latency, "forward_jitter": forward_jitter})
+
+    def stray_throttle(self, room_id: str) -> None:
+        """Answer the next request about ``room_id`` with one HTTP 429 (until configure)."""
+        self._call("stray_throttle", {"room_id": room_id})
 
     def stats(self) -> dict[str, int]:
         """Requests seen, throttled, and the most arrivals in any sliding second."""

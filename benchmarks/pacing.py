@@ -34,6 +34,11 @@ state is per loop); the server's sliding window is left to empty between runs.
    latency of a single call is from the call to its answer, limiter wait included; the
    fan-out's wall time is against N / 60 s (the single calls take 20 of the slots, so
    (N + 20) / N = 1.022x is its floor).
+3. one stray throttle: the fan-out of section 1 (J = 0) with one injected HTTP 429 for the
+   key half way through (a throttle none of our pacing caused, answered with the
+   emulator's ``Retry-After: 1``), against the same fan-out without it, interleaved. The
+   time lost is the difference of the median wall times: what a stray throttle costs
+   (the margin widens; a lone throttle at full pace does not make the limiter back off).
 """
 
 from __future__ import annotations
@@ -456,19 +461,68 @@ def section_interactive(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str
     ]
 
 
+# -- section 3: one stray throttle --------------------------------------------------------
+
+
+STRAY_COLUMNS = ("who", "injected", "wall / ideal", "time lost", "lost", "throttled", "max/s")
+
+
+def section_stray(server: EmulatorProcess, sizes: Sizes) -> list[tuple[str, ...]]:
+    """The default client's fan-out with and without one injected 429, interleaved."""
+    keys = task_keys(sizes.keys)
+    ideal = len(keys) / QPS
+    middle = keys[len(keys) // 2].room_id
+    contender = CONTENDERS["ours (default: adaptive)"]
+    runs: dict[bool, list[Run]] = {False: [], True: []}
+    for _ in range(sizes.repeats):
+        for stray in (False, True):
+            server.configure(qps=QPS, latency=LATENCY)
+            if stray:
+                server.stray_throttle(middle)
+            client = run_bounded(contender(server.url, keys), time_limit(len(keys)))
+            stats = server.stats()
+            time.sleep(WINDOW_EMPTY_SECONDS)
+            runs[stray].append(Run(client, stats["throttled"], stats["max_per_second"]))
+    walls = {stray: median([run.client.wall for run in runs[stray]]) for stray in runs}
+    rows: list[tuple[str, ...]] = [
+        (
+            f"3. one stray throttle: fan-out of {len(keys)} keys at {QPS:.0f} QPS, "
+            f"{LATENCY * 1000:.0f} ms latency, one HTTP 429 injected half way; ideal wall "
+            f"{ideal:.2f} s; median (range) of {sizes.repeats}",
+        )
+    ]
+    for stray, results in runs.items():
+        sides = [run.client for run in results]
+        wall_cell, lost_cell = client_cells(sides, ideal)
+        rows.append(
+            (
+                "ours (default: adaptive)",
+                "one 429" if stray else "none",
+                wall_cell,
+                f"{walls[True] - walls[False]:+.3f} s" if stray else "",
+                lost_cell,
+                spread([run.throttled for run in results], "g"),
+                spread([run.max_per_second for run in results], "g"),
+            )
+        )
+    return rows
+
+
 def _load(averages: tuple[float, float, float]) -> str:
     return " ".join(f"{value:.2f}" for value in averages)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both sections and print their tables."""
+    """Run the sections and print their tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CI smoke run")
     parser.add_argument(
         "--repeats", type=int, help="repeats of each run (default: 5 sweep, 3 interactive)"
     )
     parser.add_argument(
-        "--only", choices=("jitter", "interactive"), help="run one section (default: both)"
+        "--only",
+        choices=("jitter", "interactive", "stray"),
+        help="run one section (default: all)",
     )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
@@ -479,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with EmulatorProcess(tasks=max(sizes.keys, sizes.interactive_keys + 1)) as server:
         warm_up(server)
-        sweep = section_jitter(server, sizes) if args.only != "interactive" else []
-        calls = section_interactive(server, sizes) if args.only != "jitter" else []
+        sweep = section_jitter(server, sizes) if args.only in (None, "jitter") else []
+        calls = section_interactive(server, sizes) if args.only in (None, "interactive") else []
+        stray = section_stray(server, sizes) if args.only in (None, "stray") else []
     quick = " (--quick: smoke sizes, figures not meaningful)" if args.quick else ""
     print(f"Pacing on a real path{quick}")
     print(describe_machine())
@@ -497,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     if calls:
         print()
         print_table(INTERACTIVE_COLUMNS, calls)
+    if stray:
+        print()
+        print_table(STRAY_COLUMNS, stray)
     print(f"\n({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -34,7 +34,7 @@ from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._providers import CredentialsProvider, StaticCredentialsProvider
 from ._signing import Signer
-from ._stats import ClientStats, Counters, RecentWaits
+from ._stats import ClientStats, Counters, RecentWaits, ThrottleEpisodes
 from ._version import __version__
 from ._wire import NOT_SENT, AttemptFailed, DirectSender, classify, read_capped, transport_error
 
@@ -165,6 +165,7 @@ class Caller:
         self._in_flight = 0
         self._waiting = 0
         self._waits = RecentWaits()
+        self._throttle_episodes = ThrottleEpisodes()
         self._timeout = timeout
         # What an attempt typically takes: a retry that cannot finish in the deadline left
         # is not started.
@@ -234,6 +235,7 @@ class Caller:
             limiter_wait_p50=p50,
             limiter_wait_p99=p99,
             waiting_for_limiter=self._waiting,
+            limiter_rate=_rate_of(self._limiters.primary),
         )
 
     @property
@@ -357,6 +359,8 @@ class Caller:
                 if isinstance(error, ThrottledError):
                     counters.throttled += 1
                     _feed_back(limiter, "observe_throttle")
+                    if self._throttle_episodes.throttled(clock()):
+                        _warn_shared_quota(action, limiter)
                 # A stale X-Date (e.g. a long wait between signing and arrival) is cured by
                 # signing again; a skewed clock is not, and the second answer says so.
                 clock_retry = (
@@ -652,6 +656,27 @@ def _refreshable_refusal(error: RtcSegmentError) -> bool:
 
 # How fast the typical round trip follows new ones (an exponential moving average).
 _ROUND_TRIP_WEIGHT = 0.1
+
+
+def _rate_of(limiter: RateLimiter) -> float | None:
+    """The rate ``limiter`` sends at now, if it says (``LocalRateLimiter.rate`` does)."""
+    rate = getattr(limiter, "rate", None)
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
+
+
+def _warn_shared_quota(action: Action, limiter: RateLimiter) -> None:
+    """Throttles persist although the limiter paces within the ceiling: say why, once."""
+    rate = _rate_of(limiter)
+    logger.warning(
+        "%s answers keep being throttled although this client paces within the %g QPS "
+        "ceiling: something else likely uses the account's quota -- another consumer of "
+        "the account (another program, SDK or tool), or processes on other hosts without a "
+        "shared limiter (RedisRateLimiter). The limiter backs off while they go on, if it "
+        "can (LocalRateLimiter does)%s.",
+        action.name,
+        limiter.qps,
+        "" if rate is None else f"; it sends {rate:.1f} requests/s now",
+    )
 
 
 def _feed_back(limiter: RateLimiter, hook: str, *args: float) -> None:

@@ -23,6 +23,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
+from ._backoff import SendCounter, ThrottleBackoff, ThrottleCause
 from ._compat import PacedBucket
 from ._pacing import MAX_MARGIN, STARTING_MARGIN, JitterMargin, SendLog, paced_rate
 from ._validation import check_number
@@ -45,6 +46,8 @@ __all__ = [
 CATCH_UP = 3.0
 # A gap of this many send intervals with nobody waiting is a pause (see acquire).
 _PAUSE_INTERVALS = 2
+# A throttle reported within this many seconds of a round trip is that round trip's answer.
+_SAME_STEP = 0.001
 
 
 @runtime_checkable
@@ -132,6 +135,13 @@ class _LoopPacer:
     # The window the oldest of the last `limit` sends needs, given its round trip.
     window: Callable[[float | None], float]
     margin: JitterMargin
+    # Lowers the rate while throttles show that someone else uses the quota (_backoff).
+    backoff: ThrottleBackoff
+    recent: SendCounter = attrs.field(factory=SendCounter)
+    # When the request whose round trip was reported last left, and when that report
+    # came: the caller reports a throttled answer's round trip just before the throttle.
+    answered: tuple[float, float] | None = None
+    backed_off: bool = False
     # One waiter at a time checks the log and the bucket, so nothing can be sent between
     # its check and its send (and waiters go in arrival order).
     turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
@@ -192,9 +202,14 @@ class LocalRateLimiter:
 
     @property
     def rate(self) -> float:
-        """The sustained send rate now, in requests per second (in the running loop)."""
+        """The sustained send rate now, in requests per second (in the running loop): the
+        pace the margin allows, or less while throttles show a shared quota (backoff)."""
         pacer = self._pacers.running()
-        return self._first_rate if pacer is None else pacer.bucket.rate
+        if pacer is None:
+            return self._first_rate
+        if self.adaptive:
+            return self._paced(pacer)
+        return pacer.bucket.rate
 
     @property
     def margin(self) -> float | None:
@@ -227,7 +242,7 @@ class LocalRateLimiter:
             # no trace. Time only frees the log, and nobody else sends while we hold the
             # turn, so it still agrees once the bucket lets us go. (A loop on the clock, not
             # an event: feedback may widen the window while we sleep.)
-            while (wait := pacer.sends.wait(bucket.now(), pacer.window)) > 0:  # noqa: ASYNC110
+            while (wait := self._log_wait(pacer)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
             await bucket.acquire()
             now = bucket.now()
@@ -238,24 +253,60 @@ class LocalRateLimiter:
                 pacer.sends.record(now + 1 / bucket.rate, sent=now)
             else:
                 pacer.sends.record(now)
+            pacer.recent.record(now)
+
+    def _log_wait(self, pacer: _LoopPacer) -> float:
+        now = pacer.bucket.now()
+        wait = pacer.sends.wait(now, pacer.window)
+        backed_off = pacer.backoff.rate(now)
+        if backed_off is not None:
+            # While someone else uses the quota: the backoff's rate in every second of our
+            # sends, spaced evenly (it climbs with time alone: re-pace as it does).
+            wait = max(wait, pacer.recent.wait(now, backed_off))
+            self._repace(pacer)
+            pacer.backed_off = True
+        elif pacer.backed_off:
+            pacer.backed_off = False
+            self._repace(pacer)  # the backoff just ended
+        return wait
 
     def observe_round_trip(self, seconds: float) -> None:
         """Feedback from a client: one request took ``seconds`` from its turn to its answer."""
         if self._utilization is None:
             pacer = self._pacers.get()
-            pacer.sends.answered(pacer.bucket.now() - seconds, seconds)
+            now = pacer.bucket.now()
+            pacer.sends.answered(now - seconds, seconds)
+            pacer.answered = (now - seconds, now)
             if pacer.margin.record(seconds):
                 self._repace(pacer)
 
     def observe_throttle(self) -> None:
-        """Feedback from a client: the service said the quota was exceeded."""
+        """Feedback from a client: the service said the quota was exceeded.
+
+        A stray throttle while pacing at the ceiling widens the margin (the jitter was
+        underestimated); throttles that persist, or come while this process sends well
+        below the ceiling, show that someone else uses the quota, and lower the rate
+        instead until they stop (``_backoff.ThrottleBackoff``; docs/design/limiter.md).
+        """
         if self._utilization is None:
             pacer = self._pacers.get()
-            pacer.margin.throttled(pacer.bucket.now())
+            now = pacer.bucket.now()
+            # The round trip reported just before, in the same step, is this answer's.
+            answered, pacer.answered = pacer.answered, None
+            sent = answered[0] if answered is not None and now - answered[1] < _SAME_STEP else None
+            verdict = pacer.backoff.on_throttle(now, pacer.recent.count(now), sent)
+            if verdict is ThrottleCause.OWN_PACING:
+                pacer.margin.throttled(now)
             self._repace(pacer)
 
+    def _paced(self, pacer: _LoopPacer) -> float:
+        now = pacer.bucket.now()
+        rate = paced_rate(self._qps, pacer.margin.pace(now))
+        cap = pacer.backoff.rate(now)
+        return rate if cap is None else min(rate, cap)
+
     def _repace(self, pacer: _LoopPacer) -> None:
-        pacer.bucket.rate = paced_rate(self._qps, pacer.margin.pace(pacer.bucket.now()))
+        pacer.bucket.rate = self._paced(pacer)
 
     def _new_pacer(self) -> _LoopPacer:
         capacity = 1 + CATCH_UP
@@ -276,7 +327,13 @@ class LocalRateLimiter:
                 # A send's window: a second plus how late it can have arrived.
                 return self._unit * (1.0 + margin.margin_for(round_trip, bucket.now()))
 
-        return _LoopPacer(bucket, SendLog(self._limit, horizon=longest_window), window, margin)
+        return _LoopPacer(
+            bucket,
+            SendLog(self._limit, horizon=longest_window),
+            window,
+            margin,
+            ThrottleBackoff(self._qps),
+        )
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"

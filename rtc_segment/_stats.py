@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-__all__ = ["ClientStats", "Counters", "RecentWaits"]
+__all__ = ["ClientStats", "Counters", "RecentWaits", "ThrottleEpisodes"]
 
 
 @attrs.frozen
@@ -35,6 +35,11 @@ class ClientStats:
     """The 99th percentile of the same waits, in seconds."""
     waiting_for_limiter: int = 0
     """Calls waiting for their turn now (for a slot, the limiter, or behind other polls)."""
+    limiter_rate: float | None = None
+    """The rate the primary action's limiter sends at now, in requests per second: below
+    the ceiling by the margin for the path's jitter, and lower still while it backs off
+    because throttled answers show that someone else uses the account's quota. ``None``
+    for a limiter that does not say."""
 
 
 @attrs.define
@@ -76,6 +81,41 @@ class RecentWaits:
         if not recent:
             return None, None
         return _nearest_rank(recent, 0.50), _nearest_rank(recent, 0.99)
+
+
+# Throttles persist when this many come within this many seconds: a stray one (the path's
+# jitter beating the margin) does not; another consumer of the quota soon does.
+_PERSISTING_THROTTLES = 3
+_PERSISTING_SECONDS = 10.0
+# An episode ends after this long without a throttle; the next one is warned about again.
+_EPISODE_QUIET_SECONDS = 60.0
+
+
+class ThrottleEpisodes:
+    """Tells when throttled answers persist, once per episode (for a warning to the operator).
+
+    :meth:`throttled` is called with the time of every throttled answer; it returns True
+    for the one that makes them persist (3 within 10 s), and not again until a minute has
+    passed without any.
+    """
+
+    __slots__ = ("_recent", "_warned")
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=_PERSISTING_THROTTLES)
+        self._warned = False
+
+    def throttled(self, now: float) -> bool:
+        """One throttled answer at ``now``; True when it starts a persisting episode."""
+        recent = self._recent
+        if recent and now - recent[-1] >= _EPISODE_QUIET_SECONDS:
+            self._warned = False
+        recent.append(now)
+        persisting = len(recent) == _PERSISTING_THROTTLES and now - recent[0] <= _PERSISTING_SECONDS
+        if persisting and not self._warned:
+            self._warned = True
+            return True
+        return False
 
 
 def _nearest_rank(ordered: list[float], fraction: float) -> float:

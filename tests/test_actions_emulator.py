@@ -545,7 +545,11 @@ async def test_the_emulator_throttles_each_action_at_its_own_ceiling() -> None:
     keys = [("app", "room", f"t{i}") for i in range(200)]
     for key in keys:
         emulator.add_task(*key)
-    unpaced = {name: LocalRateLimiter(1000) for name in ("StopSegment", "UpdateSegment")}
+    # A fixed pace far above the ceiling: an adaptive one would back off at the first
+    # throttle (it sends well under its own 1000 QPS: someone else must use the quota).
+    unpaced = {
+        name: LocalRateLimiter(1000, utilization=0.99) for name in ("StopSegment", "UpdateSegment")
+    }
     async with client_for(emulator, max_retries=0, action_limiters=unpaced) as client:
         results = await asyncio.gather(
             *(client.stop_segment(*key) for key in keys), return_exceptions=True
