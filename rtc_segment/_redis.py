@@ -316,15 +316,18 @@ class RedisRateLimiter:
     def key_for(credentials: _AccountCredentials, action: str = "GetSegmentTask") -> str:
         """The Redis key for ``action`` of the account that ``credentials`` belong to.
 
-        ``rtc_segment:ratelimit:<fingerprint>:<action>``: the fingerprint is the first
+        ``rtc_segment:ratelimit:{<fingerprint>}:<action>``: the fingerprint is the first
         16 hex digits of the SHA-256 of the access key id, so the key identifies the
-        account without revealing anything about its credentials.
+        account without revealing anything about its credentials. The braces make it a
+        Redis Cluster hash tag: every action key of one account hashes to one slot.
         """
         fingerprint = getattr(credentials, "account_fingerprint", None)
         if not isinstance(fingerprint, str):
             digest = hashlib.sha256(credentials.access_key_id.encode("utf-8")).hexdigest()
             fingerprint = digest[:16]
-        return f"{_KEY_PREFIX}{fingerprint}:{action}"
+        # The fingerprint is a hash tag: on a Redis Cluster every action key of an account
+        # lives on one node (its slot is the tag's).
+        return f"{_KEY_PREFIX}{{{fingerprint}}}:{action}"
 
     def for_action(self, action: str, qps: float) -> RedisRateLimiter:
         """A limiter for another action of the same account: same Redis, same settings.

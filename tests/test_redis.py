@@ -244,7 +244,7 @@ def test_rejects_a_client_that_is_not_an_asyncio_redis_client(client: object) ->
 def test_key_identifies_the_account_and_action_without_revealing_credentials() -> None:
     credentials = Credentials("AKLTexampleaccesskeyid", "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "tok")
     key = RedisRateLimiter.key_for(credentials)
-    assert key == f"rtc_segment:ratelimit:{credentials.account_fingerprint}:GetSegmentTask"
+    assert key == f"rtc_segment:ratelimit:{{{credentials.account_fingerprint}}}:GetSegmentTask"
     for secret_part in ("AKLTexampleaccesskeyid", "c2VjcmV0", "tok"):
         assert secret_part not in key
     # Same account, other secret (a rotated key): same budget; other account: another.
