@@ -1012,3 +1012,34 @@ async def test_sends_gone_late_do_not_crowd_their_partners_second(
     # every stall is measured and reported like these.
     assert max_in_window(went, 1.0) <= qps
     assert rate(went) >= 0.85 * qps
+
+
+async def test_a_call_waits_for_redis_within_its_deadline_and_sends_nothing(
+    private_server: RedisExecutor,
+) -> None:
+    from rtc_segment import DeadlineExceededError, SegmentClient
+    from rtc_segment.testing import Emulator
+
+    emulator = Emulator(EMULATED, qps=100)
+    emulator.add_task(*TASK)
+    client = private_client(private_server, socket_connect_timeout=0.5)
+    # The default: wait for Redis (up to wait_for_redis, 10 s) rather than fail at once.
+    limiter = RedisRateLimiter(client, key="deadline", qps=100)
+    try:
+        async with SegmentClient(
+            EMULATED, transport=emulator.transport(), limiter=limiter, max_retries=0
+        ) as segment:
+            await segment.get_segment_task(*TASK)
+            private_server.stop()
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                await segment.get_segment_task(*TASK, deadline=0.8)
+            waited = time.monotonic() - started
+            # Redis back within the wait: the next call goes through.
+            private_server.start()
+            await segment.get_segment_task(*TASK, deadline=5)
+    finally:
+        await client.aclose()
+    assert 0.8 <= waited < 3.0  # the deadline, not wait_for_redis, ended the wait
+    assert emulator.count() == 2  # nothing was sent without a slot
+    assert limiter.stats.failures >= 1
