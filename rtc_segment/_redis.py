@@ -463,10 +463,9 @@ class RedisRateLimiter:
                     gave_up_at = now + self._wait_for_redis
                 if now >= gave_up_at:
                     raise RateLimiterUnavailableError(
-                        f"the shared rate limiter could not reach Redis ({self._last_failure}); "
-                        "the request was not sent (waited "
-                        f"{self._wait_for_redis:g} s: wait_for_redis; or set fallback_fraction "
-                        "to pace locally meanwhile)"
+                        f"the shared rate limiter could not reach Redis ({self._last_failure}) "
+                        f"within wait_for_redis={self._wait_for_redis:g} s; "
+                        "the request was not sent"
                     )
                 await self._await_outage_news(min(gave_up_at, self._next_probe(now)) - now)
                 continue
