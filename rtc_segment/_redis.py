@@ -381,7 +381,13 @@ class RedisRateLimiter:
             for go in reversed(self._goes):
                 if go.at <= started + _ON_TIME and not go.answered:
                     go.answered = True
-                    late = go.late + self._margin.margin_for(seconds, time.monotonic()) * self._unit
+                    jitter = self._margin.margin_for(seconds, time.monotonic())
+                    if self._margin.spread is None:
+                        # The fastest round trip is not known yet (the first 16, which open
+                        # connections and are the slowest): the whole round trip bounds
+                        # how much later than the fastest this one can have arrived.
+                        jitter = max(jitter, seconds)
+                    late = go.late + jitter * self._unit
                     self._reports.append((go.slot, _whole_us(late)))
                     break
             if self._margin.record(seconds):
