@@ -6,7 +6,9 @@ Worker processes share one Redis key; each fetches its part of the keys through 
 SegmentClient (32 callers, ``max_retries=0``). Printed per scenario and run: processes,
 keys, keys lost (any error), throttled requests, the most arrivals in any sliding second,
 and utilisation (arrivals per second between the first and last arrival, over the
-ceiling). The local limiter, one process on the same server, is the baseline.
+ceiling), the longest pause between arrivals and the utilisation outside it (the
+failover's outage is no pacing). The local limiter, one process on the same server, is
+the baseline.
 
 Scenarios:
   loopback   Redis on loopback                            (--processes, default 3)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import random
 import shutil
@@ -81,6 +84,10 @@ def _serve(conn: Connection, qps: float) -> None:
                             "throttled": emulator.throttled_count,
                             "max_1s": emulator.max_in_window(1.0),
                             "span": arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0,
+                            "gap": max(
+                                (b - a for a, b in itertools.pairwise(arrivals)),
+                                default=0.0,
+                            ),
                         }
                     )
 
@@ -302,7 +309,7 @@ def worker(kind: str, port: int, url: str, qps: float, keys: int, start: Any, ou
 
 async def _work(
     kind: str, port: int, url: str, qps: float, keys: int, start: Any
-) -> dict[str, int]:
+) -> dict[str, Any]:
     from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.sentinel import Sentinel
 
@@ -320,6 +327,7 @@ async def _work(
         limiter = RedisRateLimiter(redis, key=RedisRateLimiter.key_for(CREDENTIALS), qps=qps)
     remaining = keys
     lost = 0
+    errors: list[str] = []
     async with SegmentClient(CREDENTIALS, endpoint=url, limiter=limiter, max_retries=0) as client:
         await asyncio.to_thread(start.wait)
 
@@ -329,13 +337,14 @@ async def _work(
                 remaining -= 1
                 try:
                     await client.get_segment_task(APP_ID, ROOM_ID, TASK_ID)
-                except Exception:
+                except Exception as exc:
                     lost += 1
+                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
         await asyncio.gather(*(caller() for _ in range(CALLERS_PER_PROCESS)))
     if redis is not None:
         await redis.aclose()
-    return {"lost": lost}
+    return {"lost": lost, "errors": errors}
 
 
 def _hog() -> None:
@@ -381,6 +390,9 @@ def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
                 process.join(10)
         stats = service.call("stats")
     requests = stats["requests"]
+    for report in reports:
+        for error in sorted(set(report["errors"])):
+            print(f"  {scenario}: lost key: {error}", file=sys.stderr)
     return {
         "scenario": scenario,
         "processes": processes,
@@ -389,6 +401,11 @@ def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
         "throttled": stats["throttled"],
         "max_1s": stats["max_1s"],
         "utilization": (requests - 1) / stats["span"] / qps if stats["span"] else 0.0,
+        # The failover's pause is the outage, not the limiter: utilisation outside it.
+        "gap": stats["gap"],
+        "outside_gap": (requests - 2) / (stats["span"] - stats["gap"]) / qps
+        if stats["span"] > stats["gap"]
+        else 0.0,
     }
 
 
@@ -419,7 +436,7 @@ def main() -> None:
     )
     header = (
         f"{'scenario':<9} {'procs':>5} {'keys':>5} {'lost':>5} {'throttled':>9} "
-        f"{'max/1s':>6} {'util':>6}"
+        f"{'max/1s':>6} {'util':>6} {'gap s':>6} {'util outside gap':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -430,7 +447,7 @@ def main() -> None:
                 print(
                     f"{row['scenario']:<9} {row['processes']:>5} {row['keys']:>5} "
                     f"{row['lost']:>5} {row['throttled']:>9} {row['max_1s']:>6} "
-                    f"{row['utilization']:>6.3f}",
+                    f"{row['utilization']:>6.3f} {row['gap']:>6.2f} {row['outside_gap']:>16.3f}",
                     flush=True,
                 )
 
