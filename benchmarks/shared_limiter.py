@@ -14,6 +14,7 @@ Scenarios:
   loopback   Redis on loopback                            (--processes, default 3)
   proxy      Redis behind a TCP delay proxy, 5 +- 3 ms each way
   hogs       Redis on loopback, 2 CPU-bound processes beside the workers
+  jitter     Redis 2 +- 1 ms away, 2 CPU hogs, and 0-10 ms forward jitter to the service
   failover   master + replica + Sentinel; the master killed 4 s in
   cluster    a 3-node Redis Cluster
   local      LocalRateLimiter, one process (the baseline)
@@ -48,22 +49,30 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtc_segment import Credentials, LocalRateLimiter, RedisRateLimiter, SegmentClient
-from rtc_segment.testing import Emulator
+from rtc_segment.testing import Emulator, Latency
 
 CREDENTIALS = Credentials("AKLTbenchmarkaccount", "benchmark-secret")
 APP_ID, ROOM_ID, TASK_ID = "bench-app", "bench-room", "bench-task"
 CALLERS_PER_PROCESS = 32
 LATENCY = 0.02
 SERVICE = "rtcs"
-SCENARIOS = ("loopback", "proxy", "hogs", "failover", "cluster", "local")
+SCENARIOS = ("loopback", "proxy", "hogs", "jitter", "failover", "cluster", "local")
+#: Forward jitter of the path to the service in the "jitter" scenario (seconds).
+PATH_JITTER = 0.01
 
 
 # --- the emulator's server, in its own process ------------------------------------------
 
 
-def _serve(conn: Connection, qps: float) -> None:
+def _serve(conn: Connection, qps: float, jitter: float) -> None:
     async def main() -> None:
-        emulator = Emulator(CREDENTIALS, qps=qps, latency=LATENCY, record_limit=None)
+        emulator = Emulator(
+            CREDENTIALS,
+            qps=qps,
+            latency=LATENCY,
+            forward_delay=Latency.uniform(0.0, jitter) if jitter else None,
+            record_limit=None,
+        )
         emulator.add_task(APP_ID, ROOM_ID, TASK_ID)
         loop = asyncio.get_running_loop()
         async with emulator.serve(port=0) as url:
@@ -95,10 +104,10 @@ def _serve(conn: Connection, qps: float) -> None:
 
 
 class Service:
-    def __init__(self, qps: float) -> None:
+    def __init__(self, qps: float, jitter: float = 0.0) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, qps), daemon=True)
+        self._process = context.Process(target=_serve, args=(child, qps, jitter), daemon=True)
         self.url = ""
 
     def __enter__(self) -> Service:
@@ -278,11 +287,12 @@ def deployment(scenario: str) -> Iterator[Deployment]:
                 port = _free_port()
                 setup.server(port)
                 setup.port = port
-                if scenario == "proxy":
+                if scenario in ("proxy", "jitter"):
+                    low, high = (0.002, 0.008) if scenario == "proxy" else (0.001, 0.003)
                     listen = _free_port()
                     context = multiprocessing.get_context("spawn")
                     proxy = context.Process(
-                        target=_proxy, args=(listen, port, 0.002, 0.008), daemon=True
+                        target=_proxy, args=(listen, port, low, high), daemon=True
                     )
                     proxy.start()
                     helpers.append(proxy)
@@ -356,9 +366,11 @@ def _hog() -> None:
 def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     hogs = [
-        context.Process(target=_hog, daemon=True) for _ in range(2 if scenario == "hogs" else 0)
+        context.Process(target=_hog, daemon=True)
+        for _ in range(2 if scenario in ("hogs", "jitter") else 0)
     ]
-    with deployment(scenario) as setup, Service(qps) as service:
+    jitter = PATH_JITTER if scenario == "jitter" else 0.0
+    with deployment(scenario) as setup, Service(qps, jitter) as service:
         start, out = context.Barrier(processes + 1), context.Queue()
         workers = [
             context.Process(

@@ -383,12 +383,15 @@ class RedisRateLimiter:
             for go in reversed(self._goes):
                 if go.at <= started + _ON_TIME and not go.answered:
                     go.answered = True
-                    jitter = self._margin.margin_for(seconds, time.monotonic())
+                    # From the limiter's own go, not the client's turn: a process
+                    # descheduled between the two delays the send unseen otherwise.
+                    from_go = max(seconds, now - go.at)
+                    jitter = self._margin.margin_for(from_go, time.monotonic())
                     if self._margin.spread is None:
                         # The fastest round trip is not known yet (the first 16, which open
                         # connections and are the slowest): the whole round trip bounds
                         # how much later than the fastest this one can have arrived.
-                        jitter = max(jitter, seconds)
+                        jitter = max(jitter, from_go)
                     late = go.late + jitter * self._unit
                     self._reports.append((go.slot, _whole_us(late)))
                     break
@@ -546,7 +549,15 @@ class RedisRateLimiter:
         for slot, late in reports:
             arguments += (slot, late)
         asked = _loop_time()
-        slot_us, now_us = await asyncio.wait_for(self._reserve_slot(arguments), self._redis_timeout)
+        try:
+            slot_us, now_us = await asyncio.wait_for(
+                self._reserve_slot(arguments), self._redis_timeout
+            )
+        except BaseException:
+            # Not known to have reached Redis: the next reservation carries them again
+            # (a report applied twice changes nothing).
+            self._reports.extendleft(reversed(reports))
+            raise
         self._redis_seconds += time.perf_counter() - started
         self._reservations += 1
         answered = _loop_time()

@@ -986,8 +986,9 @@ async def test_sends_gone_late_do_not_crowd_their_partners_second(
         async def one() -> None:
             await limiter.acquire()
             # The moment the send goes, on the clock the limiter reads (no await between).
-            went.append(asyncio.get_running_loop().time())
-            limiter.observe_round_trip(0.001)  # an instant, steady "service"
+            went.append(arrived := asyncio.get_running_loop().time())
+            # The send "arrives" as it goes: its round trip is the time since then.
+            limiter.observe_round_trip(asyncio.get_running_loop().time() - arrived)
 
         await asyncio.gather(*(one() for _ in range(count)))
 

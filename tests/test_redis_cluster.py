@@ -38,8 +38,9 @@ async def acquire_times(limiter: RedisRateLimiter, count: int) -> list[float]:
 
     async def one() -> None:
         await limiter.acquire()
-        went.append(asyncio.get_running_loop().time())
-        limiter.observe_round_trip(0.001)
+        went.append(arrived := asyncio.get_running_loop().time())
+        # The send "arrives" as it goes: its round trip is the time since then.
+        limiter.observe_round_trip(asyncio.get_running_loop().time() - arrived)
 
     await asyncio.gather(*(one() for _ in range(count)))
     return went
