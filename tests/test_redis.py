@@ -116,17 +116,31 @@ def private_client(server: RedisExecutor, **kwargs: Any) -> Redis:
 # a busy machine is needed, and none would hide a limiter a little too fast.
 class LoopLag:
     """How late this event loop ran while the probe watched: the worst lateness of a 1 ms
-    timer. A test's release times can be squeezed together by at most about this much."""
+    timer, and the time lost to stalls (lateness beyond 2 ms, summed)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.lost = 0.0
 
     async def watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + 0.001
             await asyncio.sleep(0.001)
-            self.worst = max(self.worst, loop.time() - due)
+            late = loop.time() - due
+            self.worst = max(self.worst, late)
+            self.lost += max(0.0, late - 0.002)
+
+
+def assert_uses_most_of(times: list[float], qps: float, lag: LoopLag) -> None:
+    """At least 90 % of ``qps`` was used while this process could run: the time the event
+    loop was stalled (a busy machine descheduling the test) is not counted against the
+    limiter -- one-sided, a slower machine only makes the check more lenient. A limiter
+    far too slow still fails it on any machine."""
+    ordered = sorted(times)
+    span = ordered[-1] - ordered[0]
+    running = max(span - lag.lost, 1e-9)
+    assert (len(ordered) - 1) / running >= 0.9 * qps, (len(ordered), span, lag.lost)
 
 
 @pytest.fixture
@@ -291,14 +305,14 @@ async def test_redis_holds_nothing_but_times(redis: Redis) -> None:
 # --- the ceiling, utilisation, sharing, fairness -----------------------------------
 
 
-async def test_no_sliding_second_exceeds_the_ceiling_and_95_percent_is_used(
+async def test_no_sliding_second_exceeds_the_ceiling_and_most_is_used(
     redis: Redis, loop_lag: LoopLag
 ) -> None:
     qps = 200.0
     limiter = RedisRateLimiter(redis, key="ceiling", qps=qps)
     released = await acquire_all(limiter, 360)
     assert max_in_second(released, loop_lag) <= qps
-    assert rate(released) >= 0.9 * qps
+    assert_uses_most_of(released, qps, loop_lag)
     assert limiter.stats.reservations == 360
     assert limiter.stats.failures == 0
 
@@ -318,7 +332,7 @@ async def test_limiters_on_one_key_share_one_ceiling_fairly(
             await client.aclose()
     everything = first_times + second_times
     assert max_in_second(everything, loop_lag) <= qps
-    assert rate(everything) >= 0.9 * qps
+    assert_uses_most_of(everything, qps, loop_lag)
     # Fair: while both had work, each got about half of the slots.
     both_busy_until = min(max(first_times), max(second_times))
     first_share = sum(t <= both_busy_until for t in first_times)
@@ -326,15 +340,15 @@ async def test_limiters_on_one_key_share_one_ceiling_fairly(
     assert 0.45 <= first_share / (first_share + second_share) <= 0.55
 
 
-async def test_limiters_on_other_keys_do_not_share(redis: Redis) -> None:
+async def test_limiters_on_other_keys_do_not_share(redis: Redis, loop_lag: LoopLag) -> None:
     qps = 200.0
     first = RedisRateLimiter(redis, key="account-a", qps=qps)
     second = RedisRateLimiter(redis, key="account-b", qps=qps)
     first_times, second_times = await asyncio.gather(
         acquire_all(first, 150), acquire_all(second, 150)
     )
-    assert rate(first_times) >= 0.9 * qps
-    assert rate(second_times) >= 0.9 * qps
+    assert_uses_most_of(first_times, qps, loop_lag)
+    assert_uses_most_of(second_times, qps, loop_lag)
 
 
 async def test_more_waiters_than_the_connection_pool_all_succeed(
@@ -387,7 +401,7 @@ async def test_cancelled_waiters_lose_at_most_their_own_slots(
     later = await acquire_all(limiter, 60)
     assert len(later) == 60
     assert min(later) - cancelled_at <= backlog + 0.1
-    assert rate(later) >= 0.9 * qps
+    assert_uses_most_of(later, qps, loop_lag)
     assert max_in_second(released + later, loop_lag) <= qps
 
 
