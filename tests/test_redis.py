@@ -133,14 +133,15 @@ class LoopLag:
 
 
 def assert_uses_most_of(times: list[float], qps: float, lag: LoopLag) -> None:
-    """At least 90 % of ``qps`` was used while this process could run: the time the event
+    """At least 85 % of ``qps`` was used while this process could run: the time the event
     loop was stalled (a busy machine descheduling the test) is not counted against the
-    limiter -- one-sided, a slower machine only makes the check more lenient. A limiter
-    far too slow still fails it on any machine."""
+    limiter -- one-sided, a slower machine only makes the check more lenient. (A stalled
+    redis-server is not seen by the probe: hence 85 %, not more.) A limiter 25 % too slow
+    fails it on any machine."""
     ordered = sorted(times)
     span = ordered[-1] - ordered[0]
     running = max(span - lag.lost, 1e-9)
-    assert (len(ordered) - 1) / running >= 0.9 * qps, (len(ordered), span, lag.lost)
+    assert (len(ordered) - 1) / running >= 0.85 * qps, (len(ordered), span, lag.lost)
 
 
 @pytest.fixture
