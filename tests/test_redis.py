@@ -132,7 +132,9 @@ class LoopLag:
             self.lost += max(0.0, late - 0.002)
 
 
-def assert_uses_most_of(times: list[float], qps: float, lag: LoopLag) -> None:
+def assert_uses_most_of(
+    times: list[float], qps: float, lag: LoopLag, fraction: float = 0.85
+) -> None:
     """At least 85 % of ``qps`` was used while this process could run: the time the event
     loop was stalled (a busy machine descheduling the test) is not counted against the
     limiter -- one-sided, a slower machine only makes the check more lenient. (A stalled
@@ -141,7 +143,7 @@ def assert_uses_most_of(times: list[float], qps: float, lag: LoopLag) -> None:
     ordered = sorted(times)
     span = ordered[-1] - ordered[0]
     running = max(span - lag.lost, 1e-9)
-    assert (len(ordered) - 1) / running >= 0.85 * qps, (len(ordered), span, lag.lost)
+    assert (len(ordered) - 1) / running >= fraction * qps, (len(ordered), span, lag.lost)
 
 
 @pytest.fixture
@@ -402,7 +404,9 @@ async def test_cancelled_waiters_lose_at_most_their_own_slots(
     later = await acquire_all(limiter, 60)
     assert len(later) == 60
     assert min(later) - cancelled_at <= backlog + 0.1
-    assert_uses_most_of(later, qps, loop_lag)
+    # A leaked permit would halve the pace or stop it; 60 sends are a short sample (0.82
+    # seen beside two CPU hogs), so the floor here is lower.
+    assert_uses_most_of(later, qps, loop_lag, fraction=0.7)
     assert max_in_second(released + later, loop_lag) <= qps
 
 
