@@ -216,7 +216,9 @@ async def test_the_spacing_follows_this_processs_round_trips_and_throttles(
     first = await next_slot(redis, limiter.key)
     await limiter.acquire()
     second = await next_slot(redis, limiter.key)
-    assert second - first == math.ceil(1_000_000 / widened)
+    # (At least: a reservation that reaches Redis after its slot, on a busy machine,
+    # starts the schedule from then.)
+    assert second - first >= math.ceil(1_000_000 / widened)
     # A fixed utilization ignores feedback.
     fixed = RedisRateLimiter(redis, key="fixed", qps=100.0, utilization=0.99)
     fixed.observe_throttle()
