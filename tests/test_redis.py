@@ -110,29 +110,40 @@ def private_client(server: RedisExecutor, **kwargs: Any) -> Redis:
     return Redis(host=server.host, port=server.port, password=PRIVATE_PASSWORD, **kwargs)
 
 
-# Release times are read off this process's event loop in real time: a wake-up can run
-# late, squeezing two releases together although Redis spaced their slots correctly. The
-# ceiling is checked over windows shorter than a second by this much at least, and by how
-# late the loop was seen to run during the test (a stall of the test process, which a
-# busy CI machine produces now and then, squeezes releases by its whole length).
-WAKE_UP_JITTER = 0.02
-#: Lateness the loop-lag probe cannot see: its own timer's resolution, reading an answer.
-PROBE_SLACK = 0.005
-
-
+# Release times are read off this process's event loop right after acquire() returns, with
+# nothing in between: they are the send times the limiter itself measures and reports to
+# Redis (a late wake-up included), so the bound holds on them exactly -- no allowance for
+# a busy machine is needed, and none would hide a limiter a little too fast.
 class LoopLag:
     """How late this event loop ran while the probe watched: the worst lateness of a 1 ms
-    timer. A test's release times can be squeezed together by at most about this much."""
+    timer, and the time lost to stalls (lateness beyond 2 ms, summed)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.lost = 0.0
 
     async def watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + 0.001
             await asyncio.sleep(0.001)
-            self.worst = max(self.worst, loop.time() - due)
+            late = loop.time() - due
+            self.worst = max(self.worst, late)
+            self.lost += max(0.0, late - 0.002)
+
+
+def assert_uses_most_of(
+    times: list[float], qps: float, lag: LoopLag, fraction: float = 0.85
+) -> None:
+    """At least 85 % of ``qps`` was used while this process could run: the time the event
+    loop was stalled (a busy machine descheduling the test) is not counted against the
+    limiter -- one-sided, a slower machine only makes the check more lenient. (A stalled
+    redis-server is not seen by the probe: hence 85 %, not more.) A limiter 25 % too slow
+    fails it on any machine."""
+    ordered = sorted(times)
+    span = ordered[-1] - ordered[0]
+    running = max(span - lag.lost, 1e-9)
+    assert (len(ordered) - 1) / running >= fraction * qps, (len(ordered), span, lag.lost)
 
 
 @pytest.fixture
@@ -147,9 +158,9 @@ async def loop_lag() -> AsyncIterator[LoopLag]:
 
 
 def max_in_second(times: list[float], lag: LoopLag) -> int:
-    """The most releases in any sliding second, allowing for late wake-ups."""
-    allowance = max(WAKE_UP_JITTER, lag.worst + PROBE_SLACK)
-    return max_in_window(times, seconds=1.0 - allowance)
+    """The most releases in any sliding second (``lag``: how late the loop ran, which
+    the bound already allows for; kept for the report on failure)."""
+    return max_in_window(times, seconds=1.0)
 
 
 async def acquire_all(limiter: RedisRateLimiter, count: int) -> list[float]:
@@ -191,18 +202,23 @@ async def test_the_spacing_follows_this_processs_round_trips_and_throttles(
     limiter = RedisRateLimiter(redis, key="adaptive", qps=100.0)
     for i in range(32):  # round trips spread over 20 ms
         limiter.observe_round_trip(0.05 + 0.02 * (i % 11) / 10)
-    spread = 0.02 * 33 / 29  # the inner range scaled to 32 samples' (see _pacing)
-    assert limiter.rate == pytest.approx(100 / (1 + spread), rel=1e-4)
+    # The spacing allows for a typical request (the mean round trip above the fastest,
+    # plus 2 ms); the send log in Redis gives each late one its own window.
+    samples = [0.05 + 0.02 * (i % 11) / 10 for i in range(32)]
+    typical = sum(samples) / len(samples) - min(samples) + 0.002
+    assert limiter.rate == pytest.approx(100 / (1 + typical), rel=1e-4)
     limiter.observe_throttle()
     widened = limiter.rate
-    assert widened < 100 / (1 + spread)
+    assert widened < 100 / (1 + typical)
     # The spacing Redis applies is the process's own: two back-to-back reservations are
     # one interval of the widened rate apart on Redis's clock.
     await limiter.acquire()
-    first = int(await redis.get(limiter.key) or 0)
+    first = await next_slot(redis, limiter.key)
     await limiter.acquire()
-    second = int(await redis.get(limiter.key) or 0)
-    assert second - first == math.ceil(1_000_000 / widened)
+    second = await next_slot(redis, limiter.key)
+    # (At least: a reservation that reaches Redis after its slot, on a busy machine,
+    # starts the schedule from then.)
+    assert second - first >= math.ceil(1_000_000 / widened)
     # A fixed utilization ignores feedback.
     fixed = RedisRateLimiter(redis, key="fixed", qps=100.0, utilization=0.99)
     fixed.observe_throttle()
@@ -241,7 +257,7 @@ def test_rejects_a_client_that_is_not_an_asyncio_redis_client(client: object) ->
 def test_key_identifies_the_account_and_action_without_revealing_credentials() -> None:
     credentials = Credentials("AKLTexampleaccesskeyid", "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "tok")
     key = RedisRateLimiter.key_for(credentials)
-    assert key == f"rtc_segment:ratelimit:{credentials.account_fingerprint}:GetSegmentTask"
+    assert key == f"rtc_segment:ratelimit:{{{credentials.account_fingerprint}}}:GetSegmentTask"
     for secret_part in ("AKLTexampleaccesskeyid", "c2VjcmV0", "tok"):
         assert secret_part not in key
     # Same account, other secret (a rotated key): same budget; other account: another.
@@ -277,28 +293,31 @@ def test_key_is_derived_from_the_access_key_id_for_any_credentials_object() -> N
     assert RedisRateLimiter.key_for(KeyIdOnly()) == RedisRateLimiter.key_for(real)
 
 
-async def test_redis_holds_nothing_but_a_timestamp(redis: Redis) -> None:
+async def test_redis_holds_nothing_but_times(redis: Redis) -> None:
     credentials = Credentials("AKLTexampleaccesskeyid", "the-secret-key", "the-token")
     limiter = RedisRateLimiter(redis, key=RedisRateLimiter.key_for(credentials), qps=500)
     await acquire_all(limiter, 5)
     keys = await redis.keys("*")
     assert keys == [limiter.key.encode()]
-    value = await redis.get(limiter.key)
-    assert value is not None and value.isdigit()
-    assert 0 < await redis.pttl(limiter.key) <= 1100  # idle keys expire
+    state = await redis.hgetall(limiter.key)
+    assert set(state) == {b"tat", b"last", b"floor", b"log"}
+    for field in (b"tat", b"last", b"floor"):
+        assert state[field].isdigit()
+    assert all(ch in b"0123456789,;-" for ch in state[b"log"])
+    assert 0 < await redis.pttl(limiter.key) <= 3100  # idle keys expire
 
 
 # --- the ceiling, utilisation, sharing, fairness -----------------------------------
 
 
-async def test_no_sliding_second_exceeds_the_ceiling_and_95_percent_is_used(
+async def test_no_sliding_second_exceeds_the_ceiling_and_most_is_used(
     redis: Redis, loop_lag: LoopLag
 ) -> None:
     qps = 200.0
     limiter = RedisRateLimiter(redis, key="ceiling", qps=qps)
     released = await acquire_all(limiter, 360)
     assert max_in_second(released, loop_lag) <= qps
-    assert rate(released) >= 0.95 * qps
+    assert_uses_most_of(released, qps, loop_lag)
     assert limiter.stats.reservations == 360
     assert limiter.stats.failures == 0
 
@@ -318,7 +337,7 @@ async def test_limiters_on_one_key_share_one_ceiling_fairly(
             await client.aclose()
     everything = first_times + second_times
     assert max_in_second(everything, loop_lag) <= qps
-    assert rate(everything) >= 0.95 * qps
+    assert_uses_most_of(everything, qps, loop_lag)
     # Fair: while both had work, each got about half of the slots.
     both_busy_until = min(max(first_times), max(second_times))
     first_share = sum(t <= both_busy_until for t in first_times)
@@ -326,15 +345,15 @@ async def test_limiters_on_one_key_share_one_ceiling_fairly(
     assert 0.45 <= first_share / (first_share + second_share) <= 0.55
 
 
-async def test_limiters_on_other_keys_do_not_share(redis: Redis) -> None:
+async def test_limiters_on_other_keys_do_not_share(redis: Redis, loop_lag: LoopLag) -> None:
     qps = 200.0
     first = RedisRateLimiter(redis, key="account-a", qps=qps)
     second = RedisRateLimiter(redis, key="account-b", qps=qps)
     first_times, second_times = await asyncio.gather(
         acquire_all(first, 150), acquire_all(second, 150)
     )
-    assert rate(first_times) >= 0.95 * qps
-    assert rate(second_times) >= 0.95 * qps
+    assert_uses_most_of(first_times, qps, loop_lag)
+    assert_uses_most_of(second_times, qps, loop_lag)
 
 
 async def test_more_waiters_than_the_connection_pool_all_succeed(
@@ -379,7 +398,7 @@ async def test_cancelled_waiters_lose_at_most_their_own_slots(
     # The shared schedule is intact: the next slot is no further away than the slots
     # that were held when the waiters were cancelled (at most max_pending of them).
     redis_now_s, redis_now_us = await redis.time()
-    next_slot_us = int(await redis.get("cancel") or 0)
+    next_slot_us = await next_slot(redis, "cancel")
     backlog = (next_slot_us - (redis_now_s * 1_000_000 + redis_now_us)) / 1_000_000
     assert backlog <= 8 / limiter.rate + 0.05
 
@@ -387,7 +406,9 @@ async def test_cancelled_waiters_lose_at_most_their_own_slots(
     later = await acquire_all(limiter, 60)
     assert len(later) == 60
     assert min(later) - cancelled_at <= backlog + 0.1
-    assert rate(later) >= 0.95 * qps
+    # A leaked permit would halve the pace or stop it; 60 sends are a short sample (0.82
+    # seen beside two CPU hogs), so the floor here is lower.
+    assert_uses_most_of(later, qps, loop_lag, fraction=0.7)
     assert max_in_second(released + later, loop_lag) <= qps
 
 
@@ -531,14 +552,15 @@ class AnswerDroppingProxy:
 
 async def next_slot(redis: Redis, key: str) -> int:
     """The key's next free slot (its theoretical arrival time), in Redis microseconds."""
-    return int(await redis.get(key) or 0)
+    return int(await redis.hget(key, "tat") or 0)
 
 
 async def schedule_next_slot(redis: Redis, key: str, ahead: float) -> int:
     """Put the key's next free slot ``ahead`` seconds from Redis's now; return it."""
     seconds, micros = await redis.time()
     slot = seconds * 1_000_000 + micros + int(ahead * 1_000_000)
-    await redis.set(key, slot, px=10_000)
+    await redis.hset(key, "tat", slot)
+    await redis.pexpire(key, 10_000)
     return slot
 
 
@@ -575,7 +597,7 @@ async def test_a_connection_lost_twice_is_an_outage_and_nothing_is_sent(
     async with AnswerDroppingProxy(private_server) as proxy:
         client = Redis(host="127.0.0.1", port=proxy.port, password=PRIVATE_PASSWORD)
         try:
-            limiter = RedisRateLimiter(client, key="lost-twice", qps=100)
+            limiter = RedisRateLimiter(client, key="lost-twice", qps=100, wait_for_redis=0)
             interval_us = math.ceil(1_000_000 / limiter.rate)
             await limiter.acquire()
             first = await schedule_next_slot(direct, "lost-twice", ahead=0.2)
@@ -603,7 +625,12 @@ async def test_a_late_answer_is_never_read_by_the_next_reservation(
         client = Redis(host="127.0.0.1", port=proxy.port, password=PRIVATE_PASSWORD)
         try:
             limiter = RedisRateLimiter(
-                client, key="late", qps=100, redis_timeout=0.3, retry_interval=0.001
+                client,
+                key="late",
+                qps=100,
+                redis_timeout=0.3,
+                retry_interval=0.001,
+                wait_for_redis=0,
             )
             interval_us = math.ceil(1_000_000 / limiter.rate)
             await limiter.acquire()
@@ -635,7 +662,7 @@ async def test_redis_stopped_mid_run_raises_and_sends_nothing(
     private_server: RedisExecutor,
 ) -> None:
     client = private_client(private_server, socket_connect_timeout=0.5)
-    limiter = RedisRateLimiter(client, key="down", qps=500, retry_interval=60)
+    limiter = RedisRateLimiter(client, key="down", qps=500, retry_interval=60, wait_for_redis=0)
     released: list[float] = []
     try:
         for _ in range(20):
@@ -663,7 +690,7 @@ async def test_redis_stopped_mid_run_raises_and_sends_nothing(
 async def test_a_hung_redis_times_out(private_server: RedisExecutor) -> None:
     assert private_server.process is not None
     client = private_client(private_server)
-    limiter = RedisRateLimiter(client, key="hung", qps=500, redis_timeout=0.3)
+    limiter = RedisRateLimiter(client, key="hung", qps=500, redis_timeout=0.3, wait_for_redis=0)
     try:
         await limiter.acquire()
         os.kill(private_server.process.pid, signal.SIGSTOP)
@@ -732,12 +759,8 @@ async def _calls_until_deadline(
     from rtc_segment import SegmentClient
 
     redis = Redis(host="127.0.0.1", port=redis_port)
-    # 0.97 rather than the default 0.99: a 30 ms margin for arrival jitter. Here four busy
-    # processes share two cores and the emulator judges arrivals on the test's own event
-    # loop, so its clock lags more than a real gateway's would.
-    limiter = RedisRateLimiter(
-        redis, key=RedisRateLimiter.key_for(EMULATED), qps=qps, utilization=0.97
-    )
+    # The default, adaptive limiter: the one whose bound this checks.
+    limiter = RedisRateLimiter(redis, key=RedisRateLimiter.key_for(EMULATED), qps=qps)
     sent, errors = 0, []
     async with SegmentClient(EMULATED, endpoint=base_url, limiter=limiter, max_retries=0) as client:
         await asyncio.to_thread(start.wait)
@@ -784,11 +807,14 @@ async def test_os_processes_sharing_one_key_stay_under_the_ceiling(
     assert [errors for _, errors in reports] == [[]] * processes
     arrivals = [record.arrival for record in emulator.requests]
     assert len(arrivals) == sum(sent for sent, _ in reports)
+    # The ceiling where the service judges it, per sliding second of arrivals.
     assert emulator.stats.throttled == 0
     assert emulator.max_in_window(1.0) <= qps
-    assert rate(arrivals) >= 0.95 * qps
+    # One-sided floors with room for a busy machine (quiet, this uses about 0.99 of the
+    # ceiling; benchmarks/shared_limiter.py measures it).
+    assert rate(arrivals) >= 0.9 * qps
     for sent, _ in reports:  # every process got a fair part
-        assert sent >= 0.8 * len(arrivals) / processes
+        assert sent >= 0.7 * len(arrivals) / processes
 
 
 async def run_until_redis_stops(
@@ -812,6 +838,7 @@ async def run_until_redis_stops(
         redis_timeout=0.3,
         retry_interval=60,
         fallback_fraction=fallback_fraction,
+        wait_for_redis=0,
     )
     failures: list[BaseException] = []
     stopped_at = 0.0
@@ -870,3 +897,164 @@ async def test_redis_stopped_under_a_client_with_fallback_paces_locally(
     assert (
         limiter.stats.fallback_acquisitions == len(later) or limiter.stats.fallback_acquisitions > 0
     )
+
+
+# --- the send log in Redis: the bound at arrival ---------------------------------------
+
+#: A tiny log for the script tests: 3 sends per second, 100 ms apart (wide enough that a
+#: slow machine's reservations are never late for their slots), 2 ms assumed late.
+TINY = {"interval": 100_000, "limit": 3, "window": 1_000_000, "unreported": 2_000}
+
+
+async def reserve(
+    redis: Redis, key: str, *reports: tuple[int, int], seen: int = 0, **settings: int
+) -> int:
+    """Run the limiter's script once, as a reservation would; return the slot."""
+    from rtc_segment._redis import _GCRA_SCRIPT
+
+    args = {**TINY, **settings}
+    flat = [value for report in reports for value in report]
+    slot, _ = await redis.eval(  # type: ignore[misc]
+        _GCRA_SCRIPT,
+        1,
+        key,
+        args["interval"],
+        args["limit"],
+        args["window"],
+        args["unreported"],
+        seen,
+        *flat,
+    )
+    return int(slot)
+
+
+async def test_a_slot_waits_for_its_partner_a_second_back_plus_how_late_it_went(
+    redis: Redis,
+) -> None:
+    first, second, third = [await reserve(redis, "log") for _ in range(3)]
+    assert second - first == third - second == 100_000  # spaced by the interval
+    # The first send went 50 ms after its slot (reported on the next reservation): the
+    # fourth, its partner, goes a second after it went -- not a second after its slot.
+    fourth = await reserve(redis, "log", (first, 50_000), (third, 60_000))
+    assert fourth == first + 1_000_000 + 50_000
+    # The second is not reported yet: it is assumed as late as the latest send reported
+    # in the log (the third, 60 ms).
+    fifth = await reserve(redis, "log")
+    assert fifth == second + 1_000_000 + 60_000
+    # Reported on time, a send holds its partner back by the second alone -- and slots
+    # never go backwards.
+    sixth = await reserve(redis, "log", (third, 0))
+    assert sixth == max(third + 1_000_000, fifth)
+    seventh = await reserve(redis, "log", (fourth, 0))
+    assert seventh == max(fourth + 1_000_000, sixth)
+
+
+async def test_a_late_report_of_a_send_that_left_the_log_still_holds_the_window(
+    redis: Redis,
+) -> None:
+    slots = [await reserve(redis, "evicted", unreported=0) for _ in range(4)]
+    # slots[0] left the log when slots[3] was reserved; its report (150 ms late, later
+    # than its successor's slot) arrives only now. Every later slot keeps a second after
+    # it went.
+    fifth = await reserve(redis, "evicted", (slots[0], 150_000), unreported=0)
+    assert fifth == slots[0] + 1_000_000 + 150_000
+
+
+async def test_a_copy_of_the_key_that_missed_writes_hands_out_no_earlier_slot(
+    redis: Redis,
+) -> None:
+    # A replica promoted before it had the last writes (here: the key is simply gone).
+    slots = [await reserve(redis, "failover", unreported=30_000) for _ in range(3)]
+    await redis.delete("failover")
+    # A client that saw the newest slot says so: the last `limit` sends may all have gone
+    # at that slot, late by as much as assumed for any unreported send, so the next slot
+    # is a second after that.
+    after = await reserve(redis, "failover", seen=slots[-1], unreported=30_000)
+    assert after >= slots[-1] + 1_000_000 + 30_000
+    # Without a client that saw anything, a missing key is an idle one: no wait.
+    await redis.delete("idle")
+    seconds, micros = await redis.time()
+    fresh = await reserve(redis, "idle")
+    assert fresh - (seconds * 1_000_000 + micros) < 500_000
+
+
+class Stalls:
+    """Blocks this event loop for ``stall`` seconds every ``every`` seconds: a busy host
+    (CPU-bound neighbours, a garbage collection) that makes sends go late after their
+    slots -- lateness that no HTTP round trip shows to the other processes."""
+
+    def __init__(self, stall: float, every: float) -> None:
+        self.stall, self.every = stall, every
+        self.count = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            time.sleep(self.stall)  # noqa: ASYNC251 - the stall is the point
+            self.count += 1
+
+
+async def test_sends_gone_late_do_not_crowd_their_partners_second(
+    redis_server: RedisExecutor,
+) -> None:
+    qps = 50.0
+    clients = [Redis(host=redis_server.host, port=redis_server.port) for _ in range(2)]
+    stalls = Stalls(stall=0.04, every=0.13)
+    staller = asyncio.create_task(stalls.run())
+    went: list[float] = []
+
+    async def worker(limiter: RedisRateLimiter, count: int) -> None:
+        async def one() -> None:
+            await limiter.acquire()
+            # The moment the send goes, on the clock the limiter reads (no await between).
+            went.append(arrived := asyncio.get_running_loop().time())
+            # The send "arrives" as it goes: its round trip is the time since then.
+            limiter.observe_round_trip(asyncio.get_running_loop().time() - arrived)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    try:
+        limiters = [RedisRateLimiter(c, key="stalled", qps=qps) for c in clients]
+        await asyncio.gather(*(worker(limiter, 125) for limiter in limiters))
+    finally:
+        staller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await staller
+        for client in clients:
+            await client.aclose()
+    assert stalls.count >= 10
+    # The exact bound, on the exact send times: a slower machine only stalls more, and
+    # every stall is measured and reported like these.
+    assert max_in_window(went, 1.0) <= qps
+    assert rate(went) >= 0.85 * qps
+
+
+async def test_a_call_waits_for_redis_within_its_deadline_and_sends_nothing(
+    private_server: RedisExecutor,
+) -> None:
+    from rtc_segment import DeadlineExceededError, SegmentClient
+    from rtc_segment.testing import Emulator
+
+    emulator = Emulator(EMULATED, qps=100)
+    emulator.add_task(*TASK)
+    client = private_client(private_server, socket_connect_timeout=0.5)
+    # The default: wait for Redis (up to wait_for_redis, 10 s) rather than fail at once.
+    limiter = RedisRateLimiter(client, key="deadline", qps=100)
+    try:
+        async with SegmentClient(
+            EMULATED, transport=emulator.transport(), limiter=limiter, max_retries=0
+        ) as segment:
+            await segment.get_segment_task(*TASK)
+            private_server.stop()
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                await segment.get_segment_task(*TASK, deadline=0.8)
+            waited = time.monotonic() - started
+            # Redis back within the wait: the next call goes through.
+            private_server.start()
+            await segment.get_segment_task(*TASK, deadline=5)
+    finally:
+        await client.aclose()
+    assert 0.8 <= waited < 3.0  # the deadline, not wait_for_redis, ended the wait
+    assert emulator.count() == 2  # nothing was sent without a slot
+    assert limiter.stats.failures >= 1
