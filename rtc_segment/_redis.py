@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "RedisRateLimiter needs the 'redis' package: pip install 'rtc-segment[redis]'"
     ) from exc
 
+from ._backoff import SendCounter, ThrottleBackoff, ThrottleCause
 from ._errors import RateLimiterUnavailableError
 from ._limiting import LocalRateLimiter
 from ._pacing import STARTING_MARGIN, JitterMargin, paced_rate
@@ -142,6 +143,8 @@ _OFFSET_SAMPLES = 64
 _GOES_KEPT = 256
 #: How close (seconds) a round trip's start must be to a send's go to be that send's.
 _ON_TIME = 1e-6
+# A throttle reported within this many seconds of a round trip is that round trip's answer.
+_SAME_STEP = 0.001
 
 #: What counts as "Redis is unavailable": the client's own errors (connection refused or
 #: reset, timeouts, authentication, pool exhausted, READONLY, OOM, LOADING, ...), raw
@@ -265,6 +268,14 @@ class RedisRateLimiter:
             else paced_rate(self._qps, STARTING_MARGIN)
         )
         self._interval_us = _interval_us(self._rate)
+        # Lowers this process's rate while throttles show that someone the limiter cannot
+        # see uses the quota (_backoff; adaptive limiters only, as LocalRateLimiter's).
+        self._backoff = ThrottleBackoff(self._qps)
+        self._recent = SendCounter()
+        self._backing_off = False
+        # (when the request went, when its answer came) of the latest round trip reported:
+        # the caller reports a throttled answer's round trip just before the throttle.
+        self._answered: tuple[float, float] | None = None
         # The send log in Redis allows `limit` sends per `unit` second plus lateness: qps
         # per second, or one per 1 / qps seconds below 1 QPS (as LocalRateLimiter's).
         self._limit = max(1, math.floor(self._qps))
@@ -363,7 +374,10 @@ class RedisRateLimiter:
     @property
     def rate(self) -> float:
         """The rate this process spaces its reservations at, in requests per second
-        (``utilization * qps`` when fixed; below ``qps`` by the learnt margin otherwise)."""
+        (``utilization * qps`` when fixed; below ``qps`` by the learnt margin otherwise,
+        and lower still while throttles show that someone else uses the quota)."""
+        if self._backing_off:
+            self._repace()
         return self._rate
 
     @property
@@ -380,6 +394,7 @@ class RedisRateLimiter:
         if self._utilization is None:
             now = _loop_time()
             started = now - seconds
+            self._answered = (started, now)
             for go in reversed(self._goes):
                 if go.at <= started + _ON_TIME and not go.answered:
                     go.answered = True
@@ -399,15 +414,43 @@ class RedisRateLimiter:
                 self._repace()
 
     def observe_throttle(self) -> None:
-        """Feedback from a client: the service said the quota was exceeded."""
+        """Feedback from a client: the service said the quota was exceeded.
+
+        A stray throttle while this process sends at full pace widens its margin; throttles
+        that persist, or come while it sends well below the ceiling, show that someone the
+        shared key does not pace uses the quota, and lower this process's rate until they
+        stop (``_backoff.ThrottleBackoff``, as :class:`LocalRateLimiter` does).
+        """
         if self._utilization is None:
-            self._margin.throttled(time.monotonic())
+            now = _loop_time()
+            answered, self._answered = self._answered, None
+            sent = answered[0] if answered is not None and now - answered[1] < _SAME_STEP else None
+            verdict = self._backoff.on_throttle(now, self._recent.count(now), sent)
+            if verdict is ThrottleCause.OWN_PACING:
+                self._margin.throttled(time.monotonic())
             self._repace()
 
     def _repace(self) -> None:
         margin = self._margin.pace(time.monotonic())
-        self._rate = paced_rate(self._qps, margin)
+        rate = paced_rate(self._qps, margin)
+        cap = self._backoff.rate(_loop_time()) if self._utilization is None else None
+        self._backing_off = cap is not None
+        self._rate = rate if cap is None else min(rate, cap)
         self._interval_us = _interval_us(self._rate)
+
+    async def _hold_backed_off_rate(self) -> None:
+        """While backing off: keep this process's sends to the lowered rate in every
+        sliding second, not only on average (right after a cut, the server's window still
+        holds the old rate's arrivals)."""
+        while self._backing_off:
+            self._repace()  # the rate climbs with time alone
+            cap = self._backoff.rate(_loop_time())
+            if cap is None:
+                return
+            wait = self._recent.wait(_loop_time(), cap)
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     def _arrival_margin(self) -> float:
         """The jitter allowed for a send whose round trip is not known (seconds)."""
@@ -441,6 +484,7 @@ class RedisRateLimiter:
                 seconds and no fallback is configured. Nothing may be sent.
         """
         gave_up_at: float | None = None
+        await self._hold_backed_off_rate()
         while True:
             if self._redis_usable():
                 async with self._pending:
@@ -520,6 +564,7 @@ class RedisRateLimiter:
         allowed until the round trip is known) rides on this process's next reservation.
         """
         now = _loop_time()
+        self._recent.record(now)
         offset = max(self._offsets) if self._offsets else now - slot_us / 1_000_000
         late = max(0.0, now - offset - slot_us / 1_000_000)
         self._goes.append(_Go(now, slot_us, late))
