@@ -34,6 +34,7 @@ from ._errors import (
     deprecated_name,
 )
 from ._fanout import OutcomeStream
+from ._host_limiter import HostRateLimiter
 from ._instrumentation import (
     CallDetails,
     CallHook,
@@ -100,6 +101,7 @@ __all__ = [
     "CredentialsError",
     "CustomConfig",
     "DeadlineExceededError",
+    "HostRateLimiter",
     "InvalidParameterError",
     "LocalRateLimiter",
     "OutcomeStream",

@@ -31,7 +31,7 @@ from ._instrumentation import CallDetails, CallObservation, get_call_hooks
 from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._signing import Signer
-from ._stats import ClientStats, Counters, RecentWaits
+from ._stats import ClientStats, Counters, RecentWaits, limiter_scope
 from ._version import __version__
 from ._wire import NOT_SENT, AttemptFailed, DirectSender, classify, read_capped, transport_error
 
@@ -226,6 +226,7 @@ class Caller:
             limiter_wait_p50=p50,
             limiter_wait_p99=p99,
             waiting_for_limiter=self._waiting,
+            limiter_scope=limiter_scope(self._limiters.primary),
         )
 
     @property

@@ -248,6 +248,9 @@ class RedisRateLimiter:
             fallback_fraction=self._fallback_fraction,
         )
 
+    #: Who shares this limiter's ceiling: every process using its Redis key.
+    scope = "redis"
+
     @property
     def qps(self) -> float:
         """The ceiling shared by every process using this key, in requests per second."""

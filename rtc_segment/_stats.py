@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-__all__ = ["ClientStats", "Counters", "RecentWaits"]
+__all__ = ["ClientStats", "Counters", "RecentWaits", "limiter_scope"]
 
 
 @attrs.frozen
@@ -35,6 +35,12 @@ class ClientStats:
     """The 99th percentile of the same waits, in seconds."""
     waiting_for_limiter: int = 0
     """Calls waiting for their turn now (for a slot, the limiter, or behind other polls)."""
+    limiter_scope: str | None = None
+    """Who shares the GetSegmentTask limiter's ceiling: ``"host"`` (every process of the
+    account on this host: the default), ``"process"`` (this process only: a
+    ``LocalRateLimiter``, or the default where the host's shared state cannot be used),
+    ``"redis"`` (every process sharing the Redis key); ``None`` for a limiter that does
+    not say (its ``scope`` attribute)."""
 
 
 @attrs.define
@@ -80,3 +86,9 @@ class RecentWaits:
 
 def _nearest_rank(ordered: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def limiter_scope(limiter: object) -> str | None:
+    """A limiter's ``scope`` (who shares its ceiling), if it says."""
+    scope = getattr(limiter, "scope", None)
+    return scope if isinstance(scope, str) else None
