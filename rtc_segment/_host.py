@@ -59,8 +59,9 @@ DIRECTORY_ENV = "RTC_SEGMENT_LIMITER_DIR"
 LAYOUT_VERSION = 1
 _MAGIC = b"RTCSEGHL"
 
-# magic, version, limit, boot id, qps, next slot, latest send, rate cap, count, head
-_HEADER = struct.Struct("<8sII16sddddII")
+# magic, version, limit, boot id, qps, next slot, latest send, rate cap, fastest round trip,
+# when it was seen, count, head
+_HEADER = struct.Struct("<8sII16sddddddII")
 # at (counts as sent at), window, sent (left at), owner, answered
 _ENTRY = struct.Struct("<dddII")
 _CRC = struct.Struct("<I")
@@ -134,12 +135,14 @@ class SharedLog:
         self._limit = limit
         self._dirty = False
 
-    def _header(self) -> tuple[bytes, int, int, bytes, float, float, float, float, int, int]:
+    def _header(
+        self,
+    ) -> tuple[bytes, int, int, bytes, float, float, float, float, float, float, int, int]:
         return _HEADER.unpack_from(self._buffer, 0)
 
     def _set(self, **changes: float | int) -> None:
         fields = list(self._header())
-        names = ("next_slot", "last_sent", "rate_cap", "count", "head")
+        names = ("next_slot", "last_sent", "rate_cap", "fastest", "fastest_at", "count", "head")
         for name, value in changes.items():
             fields[5 + names.index(name)] = value
         _HEADER.pack_into(self._buffer, 0, *fields)
@@ -169,8 +172,18 @@ class SharedLog:
     def rate_cap(self, value: float | None) -> None:
         self._set(rate_cap=0.0 if value is None else value)
 
+    def fastest(self, now: float, memory: float) -> float:
+        """The fastest round trip any process saw within ``memory`` seconds (``inf``: none)."""
+        fastest, seen = self._header()[8:10]
+        return fastest if now - seen <= memory else float("inf")
+
+    def saw_round_trip(self, seconds: float, now: float, memory: float) -> None:
+        """Note a round trip: it becomes the fastest if it is, or if that is too old."""
+        if seconds <= self.fastest(now, memory):
+            self._set(fastest=seconds, fastest_at=now)
+
     def __len__(self) -> int:
-        return self._header()[8]
+        return self._header()[10]
 
     def _entry(self, index: int) -> tuple[float, float, float, int, int]:
         return _ENTRY.unpack_from(self._buffer, _ENTRIES_AT + index * _ENTRY.size)
@@ -181,7 +194,7 @@ class SharedLog:
         The sends are in order, so only the ``limit``-th previous one needs checking; each
         carries its own window (a second plus how late it can have arrived).
         """
-        count, head = self._header()[8:10]
+        count, head = self._header()[10:12]
         if count < self._limit:
             return 0.0
         at, window, _, _, _ = self._entry(head)
@@ -194,7 +207,7 @@ class SharedLog:
         ``at`` moves up to the previous send's, if that is later, to keep the log ordered.
         """
         header = self._header()
-        count, head = header[8], header[9]
+        count, head = header[10], header[11]
         if count:
             newest = self._entry((head + count - 1) % self._limit)
             at = max(at, newest[0])
@@ -215,7 +228,7 @@ class SharedLog:
 
         Returns False when it is no longer in the log.
         """
-        count, head = self._header()[8:10]
+        count, head = self._header()[10:12]
         for back in range(count - 1, -1, -1):
             index = (head + back) % self._limit
             at, _, left, who, done = self._entry(index)
@@ -235,7 +248,7 @@ class SharedLog:
 
     def newest_at(self) -> float:
         """When the newest logged send counts (``-inf`` when none)."""
-        count, head = self._header()[8:10]
+        count, head = self._header()[10:12]
         return self._entry((head + count - 1) % self._limit)[0] if count else float("-inf")
 
 
@@ -356,7 +369,7 @@ class HostState:
         (crc,) = _CRC.unpack_from(buffer, body)
         if zlib.crc32(buffer[:body]) != crc:
             return "corrupt (checksum)"
-        magic, version, limit, boot, qps, next_slot, last_sent, cap, count, head = (
+        magic, version, limit, boot, qps, next_slot, last_sent, cap, _, seen, count, head = (
             _HEADER.unpack_from(buffer, 0)
         )
         if magic != _MAGIC or version != LAYOUT_VERSION:
@@ -367,7 +380,7 @@ class HostState:
             return "stale"  # another boot: its times are on a clock that no longer runs
         ahead = self._now() + _MOST_AHEAD_SECONDS
         newest = SharedLog(buffer, self._limit).newest_at()
-        if not (next_slot <= ahead and last_sent <= ahead and newest <= ahead):
+        if not (next_slot <= ahead and last_sent <= ahead and newest <= ahead and seen <= ahead):
             return "ahead of the clock"
         if not (cap >= 0 and cap < float("inf")):
             return "corrupt (rate cap)"
@@ -378,7 +391,7 @@ class HostState:
         buffer[:] = bytes(self._size)
         _HEADER.pack_into(
             buffer, 0, _MAGIC, LAYOUT_VERSION, self._limit, _BOOT_ID, self._qps,
-            now, float("-inf"), 0.0, 0, 0,
+            now, float("-inf"), 0.0, float("inf"), float("-inf"), 0, 0,
         )  # fmt: skip
         if busy:
             # Unknown recent sends: assume a full window's worth just now, so nothing

@@ -27,6 +27,7 @@ from ._loops import PerLoop
 from ._pacing import (
     CATCH_UP,
     MAX_MARGIN,
+    MIN_MARGIN,
     PAUSE_INTERVALS,
     STARTING_MARGIN,
     JitterMargin,
@@ -41,6 +42,8 @@ _DERIVED_KEY = re.compile(r"([0-9a-f]{16})-[A-Za-z0-9]+")
 # A loop whose clock is this far from the host's monotonic clock keeps its own time
 # (looptime's virtual clock, say): its sends cannot be placed on the shared schedule.
 _CLOCK_AGREEMENT_SECONDS = 0.25
+# The host-wide fastest round trip is forgotten after this long (a path can get slower).
+_FASTEST_MEMORY_SECONDS = 30.0
 
 
 class _AccountCredentials(Protocol):
@@ -230,17 +233,30 @@ class HostRateLimiter:
         pacer.rate = rate
         return rate
 
-    def _window(self, pacer: _HostPacer, round_trip: float | None, now: float) -> float:
-        """The window one send needs: a second plus how late it can have arrived."""
+    def _window(
+        self,
+        pacer: _HostPacer,
+        round_trip: float | None,
+        now: float,
+        fastest: float = math.inf,
+    ) -> float:
+        """The window one send needs: a second plus how late it can have arrived.
+
+        An answered send (``round_trip`` from when it was logged) can have arrived at most
+        ``round_trip - fastest`` later than the fastest request on the host: ``fastest``
+        is the least round trip any process sharing the state saw lately, a floor that a
+        process sending an eighth of the requests would learn only slowly on its own.
+        Until this process has 16 round trips, the whole round trip bounds it.
+        """
         if self._utilization is not None:
             return self._unit / self._utilization
         margin = pacer.margin.margin_for(round_trip, now)
-        if round_trip is not None and pacer.margin.spread is None:
-            # Too few round trips to know the fastest: a request cannot have arrived later
-            # than its whole round trip after it left. (A process's first requests are the
-            # ones a cold connection or a busy start-up delays; many processes each take a
-            # while to learn their path.)
-            margin = max(margin, min(MAX_MARGIN, round_trip))
+        if round_trip is not None:
+            # A floor from a few samples is no floor: until this process knows its spread,
+            # the whole round trip bounds how late the request can have arrived.
+            settled = pacer.margin.spread is not None and fastest < math.inf
+            known = round_trip - fastest + MIN_MARGIN if settled else round_trip
+            margin = max(margin, min(MAX_MARGIN, known))
         return self._unit * (1.0 + margin)
 
     def _longest_window(self) -> float:
@@ -313,12 +329,14 @@ class HostRateLimiter:
                 now = pacer.clock()
                 # The window counts from when the send was logged, which the caller's round
                 # trip (from its turn) can miss a moment of: a process descheduled in between.
+                fastest = log.fastest(now, _FASTEST_MEMORY_SECONDS)
                 log.answered(
                     self._owner(),
                     now - seconds,
                     now,
-                    lambda since_sent: self._window(pacer, since_sent, now),
+                    lambda since_sent: self._window(pacer, since_sent, now, fastest),
                 )
+                log.saw_round_trip(seconds, now, _FASTEST_MEMORY_SECONDS)
             pacer.margin.record(seconds)
 
     def observe_throttle(self) -> None:
