@@ -90,6 +90,23 @@ async def test_processes_share_the_ceiling_fairly_and_fully(
 
 
 @pytest.mark.looptime
+async def test_a_process_with_more_callers_gets_no_more_than_its_share(directory: Path) -> None:
+    # One reservation per process at a time: 32 waiting callers do not outrank 2.
+    crowded, lean = limiters(directory, 2)
+    arrivals: list[tuple[float, int]] = []
+    rng = random.Random(5)
+    await asyncio.gather(
+        drive(crowded, 300, arrivals, 0, jitter=0.0, rng=rng, callers=32),
+        drive(lean, 300, arrivals, 1, jitter=0.0, rng=rng, callers=2),
+    )
+    until = min(max(at for at, who in arrivals if who == w) for w in (0, 1))
+    lean_share = sum(1 for at, who in arrivals if who == 1 and at <= until) / sum(
+        1 for at, _ in arrivals if at <= until
+    )
+    assert 0.45 <= lean_share <= 0.55
+
+
+@pytest.mark.looptime
 async def test_an_idle_process_does_not_slow_a_busy_one(directory: Path) -> None:
     busy, idle = limiters(directory, 2)
     arrivals: list[tuple[float, int]] = []
