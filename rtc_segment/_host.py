@@ -290,6 +290,7 @@ class HostState:
         self._pid = -1
         self._fd = -1
         self._map: mmap.mmap | bytearray | None = None
+        self._warned_replaced = False
         if path is None:
             self._map = bytearray(self._size)
             self._check(self._map, fresh=True)
@@ -420,8 +421,21 @@ class HostState:
             except FileNotFoundError:
                 replaced = True
             if replaced:
-                _private_directory(self.path.parent)
-                self._open(self.path)
+                try:
+                    _private_directory(self.path.parent)
+                    self._open(self.path)
+                except HostStateUnavailableError as exc:
+                    # Keep pacing on the old mapping (shared with whoever still has it)
+                    # rather than fail a request; say so once.
+                    if not self._warned_replaced:
+                        self._warned_replaced = True
+                        logger.warning(
+                            "rtc_segment: the host limiter's state %s was removed and cannot "
+                            "be made again (%s); this process keeps its old copy, which new "
+                            "processes will not share",
+                            self.path,
+                            exc,
+                        )
         assert self._map is not None
         return self._map
 

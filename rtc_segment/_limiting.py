@@ -126,8 +126,10 @@ class LocalRateLimiter:
     answered yet). Requests are spaced ``1 / rate`` apart, ``rate`` allowing for what a
     typical request needs. (Below 1 QPS: one request per ``(1 + margin) / qps`` seconds.)
 
-    Clients of one account made without a ``limiter`` already share one per process; give
-    processes that share an account a :class:`~rtc_segment.RedisRateLimiter` instead.
+    Clients of one account made without a ``limiter`` share a
+    :class:`~rtc_segment.HostRateLimiter` with every process of the host instead; pass this
+    one to pace a process on its own, and a :class:`~rtc_segment.RedisRateLimiter` to share
+    a ceiling across hosts.
     State is kept per event loop: one instance used from two loops (or threads) paces each
     loop on its own.
     """
@@ -319,11 +321,11 @@ class ActionLimiters:
     """The limiter of each action of one client, created on first use.
 
     ``primary`` (GetSegmentTask) waits on ``primary_limiter`` if one was given, else on
-    the process's shared limiter for ``account`` at ``qps``. Every other action is paced on
-    its own at its ceiling: by ``overrides[name]`` if given, else by
+    the default shared limiter for ``account`` at ``qps`` (:func:`shared_limiter`). Every
+    other action is paced on its own at its ceiling: by ``overrides[name]`` if given, else by
     ``primary_limiter.for_action(name, qps)`` when the given limiter offers it (a
     ``RedisRateLimiter`` does, so every action is shared across processes), else by the
-    process's shared limiter for that action of ``account``.
+    default shared limiter for that action of ``account``.
 
     Raises (at construction):
         ValueError: ``overrides`` names an action not in ``ceilings``.

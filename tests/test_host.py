@@ -272,3 +272,23 @@ def test_memory_state_works_without_a_file() -> None:
         log.record(5.0, sent=5.0, window=1.0, owner=1)
         log.record(5.0, sent=5.0, window=1.0, owner=1)
         assert log.wait(5.0) == pytest.approx(1.0)
+
+
+def test_a_file_that_cannot_be_made_again_keeps_the_old_copy(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    path = directory / "key-60.0.v1"
+    state = make_state(path, clock)
+    with state.transaction() as log:
+        log.rate_cap = 7.0
+    path.unlink()
+    directory.chmod(0o770)  # no longer private: refused
+    try:
+        with caplog.at_level(logging.WARNING, logger="rtc_segment"):
+            for _ in range(2):
+                with state.transaction() as log:
+                    assert log.rate_cap == 7.0  # the old mapping still paces
+    finally:
+        directory.chmod(0o700)
+    assert caplog.text.count("cannot be made again") == 1
