@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "DIRECTORY_ENV",
     "LAYOUT_VERSION",
+    "MATCH_TOLERANCE",
     "HostState",
     "HostStateUnavailableError",
     "SharedLog",
@@ -66,6 +67,9 @@ _HEADER = struct.Struct("<8sII16sddddddII")
 _ENTRY = struct.Struct("<dddII")
 _CRC = struct.Struct("<I")
 _ENTRIES_AT = _HEADER.size
+
+#: How far apart the time a send was logged and its caller's reading of the clock may be.
+MATCH_TOLERANCE = 0.002
 
 # A time further ahead of the clock than this is not a reservation but a broken file.
 _MOST_AHEAD_SECONDS = 3600.0
@@ -223,28 +227,39 @@ class SharedLog:
     def answered(
         self, owner: int, sent: float, now: float, window: Callable[[float], float]
     ) -> bool:
-        """Set the window of ``owner``'s latest unanswered send that left by ``sent``, whose
+        """Set the window of ``owner``'s unanswered send that left at about ``sent``, whose
         answer came at ``now``, to ``window(now - when it left)``.
 
-        Returns False when it is no longer in the log.
+        ``sent`` comes from the caller's clock, which may be a coarser reading of the same
+        clock (uvloop's loop time is in milliseconds): the send is the one unanswered send
+        of ``owner`` within :data:`MATCH_TOLERANCE` of it. With none that close, it is the
+        latest that left by ``sent`` (a process descheduled between logging a send and the
+        caller reading its clock); with several, which is meant is unknown, and every
+        window stays as wide as it was.
+
+        Returns False when no send was changed.
         """
         count, head = self._header()[10:12]
+        near: list[int] = []
+        before: int | None = None
         for back in range(count - 1, -1, -1):
             index = (head + back) % self._limit
-            at, _, left, who, done = self._entry(index)
-            if who == owner and not done and left <= sent + 1e-6:
-                _ENTRY.pack_into(
-                    self._buffer,
-                    _ENTRIES_AT + index * _ENTRY.size,
-                    at,
-                    window(now - left),
-                    left,
-                    who,
-                    1,
-                )
-                self._dirty = True
-                return True
-        return False
+            _, _, left, who, done = self._entry(index)
+            if who != owner or done:
+                continue
+            if abs(left - sent) <= MATCH_TOLERANCE:
+                near.append(index)
+            elif before is None and left <= sent:
+                before = index
+        chosen = near[0] if len(near) == 1 else before if not near else None
+        if chosen is None:
+            return False
+        at, _, left, who, _ = self._entry(chosen)
+        _ENTRY.pack_into(
+            self._buffer, _ENTRIES_AT + chosen * _ENTRY.size, at, window(now - left), left, who, 1
+        )
+        self._dirty = True
+        return True
 
     def newest_at(self) -> float:
         """When the newest logged send counts (``-inf`` when none)."""
