@@ -42,9 +42,9 @@ except ImportError:  # pragma: no cover - Windows
     mmap = None  # type: ignore[assignment]
 
 __all__ = [
+    "COARSE_CLOCK_TOLERANCE",
     "DIRECTORY_ENV",
     "LAYOUT_VERSION",
-    "MATCH_TOLERANCE",
     "HostState",
     "HostStateUnavailableError",
     "SharedLog",
@@ -68,8 +68,8 @@ _ENTRY = struct.Struct("<dddII")
 _CRC = struct.Struct("<I")
 _ENTRIES_AT = _HEADER.size
 
-#: How far apart the time a send was logged and its caller's reading of the clock may be.
-MATCH_TOLERANCE = 0.002
+#: How far before a send was logged a caller's coarse clock (uvloop's) may read.
+COARSE_CLOCK_TOLERANCE = 0.002
 
 # A time further ahead of the clock than this is not a reservation but a broken file.
 _MOST_AHEAD_SECONDS = 3600.0
@@ -225,17 +225,22 @@ class SharedLog:
         self._set(count=count, head=head, last_sent=max(header[6], sent))
 
     def answered(
-        self, owner: int, sent: float, now: float, window: Callable[[float], float]
+        self,
+        owner: int,
+        sent: float,
+        now: float,
+        window: Callable[[float], float],
+        tolerance: float = 1e-6,
     ) -> bool:
         """Set the window of ``owner``'s unanswered send that left at about ``sent``, whose
         answer came at ``now``, to ``window(now - when it left)``.
 
-        ``sent`` comes from the caller's clock, which may be a coarser reading of the same
-        clock (uvloop's loop time is in milliseconds): the send is the one unanswered send
-        of ``owner`` within :data:`MATCH_TOLERANCE` of it. With none that close, it is the
-        latest that left by ``sent`` (a process descheduled between logging a send and the
-        caller reading its clock); with several, which is meant is unknown, and every
-        window stays as wide as it was.
+        ``sent`` comes from the caller's clock, read just after the send was logged, so the
+        send is the latest unanswered one of ``owner`` that left by ``sent``. That clock may
+        be a coarser reading of the same clock (uvloop's loop time is in milliseconds:
+        ``tolerance`` :data:`COARSE_CLOCK_TOLERANCE`), when a send within ``tolerance`` of
+        ``sent`` is taken -- if it is the only one; with several, which is meant is
+        unknown, and every window stays as wide as it was.
 
         Returns False when no send was changed.
         """
@@ -247,7 +252,7 @@ class SharedLog:
             _, _, left, who, done = self._entry(index)
             if who != owner or done:
                 continue
-            if abs(left - sent) <= MATCH_TOLERANCE:
+            if abs(left - sent) <= tolerance:
                 near.append(index)
             elif before is None and left <= sent:
                 before = index

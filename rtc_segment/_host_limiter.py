@@ -22,7 +22,7 @@ from typing import Protocol
 
 import attrs
 
-from ._host import LAYOUT_VERSION, HostState, state_directory
+from ._host import COARSE_CLOCK_TOLERANCE, LAYOUT_VERSION, HostState, state_directory
 from ._loops import PerLoop
 from ._pacing import (
     CATCH_UP,
@@ -70,6 +70,8 @@ class _HostPacer:
     rate: float = 0.0
     # When this loop's latest send left (-inf before any).
     last_sent: float = float("-inf")
+    # How far the loop's clock, which times the round trips, may read before ours.
+    tolerance: float = 1e-6
 
 
 class HostRateLimiter:
@@ -335,6 +337,7 @@ class HostRateLimiter:
                     now - seconds,
                     now,
                     lambda since_sent: self._window(pacer, since_sent, now, fastest),
+                    pacer.tolerance,
                 )
                 log.saw_round_trip(seconds, now, _FASTEST_MEMORY_SECONDS)
             pacer.margin.record(seconds)
@@ -353,6 +356,9 @@ class HostRateLimiter:
                     None, self._qps, clock=loop.time, rebuild_window=self._longest_window()
                 )
                 return _HostPacer(private, loop.time)
+            if type(loop).time is not asyncio.BaseEventLoop.time:
+                # Not asyncio's own time.monotonic(): e.g. uvloop's, in milliseconds.
+                return _HostPacer(self._state, self._clock, tolerance=COARSE_CLOCK_TOLERANCE)
         return _HostPacer(self._state, self._clock)
 
     def close(self) -> None:

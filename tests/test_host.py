@@ -302,11 +302,15 @@ def test_an_answer_that_could_be_either_of_two_close_sends_changes_neither(
         log.record(10.0, sent=10.0, window=1.5, owner=1)
         log.record(10.0005, sent=10.0005, window=1.5, owner=1)  # within the tolerance
         # A coarse clock: the caller's reading may be before or after either send.
-        assert not log.answered(owner=1, sent=10.0002, now=10.03, window=lambda rt: 1.01)
+        assert not log.answered(
+            owner=1, sent=10.0002, now=10.03, window=lambda rt: 1.01, tolerance=0.002
+        )
         log.record(10.2, sent=10.2, window=1.5, owner=1)
         assert log.wait(10.0) == pytest.approx(1.5)  # both kept their wide windows
         # A reading a millisecond before the send (uvloop) still finds it.
-        assert log.answered(owner=1, sent=10.199, now=10.23, window=lambda rt: 1 + rt)
+        assert log.answered(
+            owner=1, sent=10.199, now=10.23, window=lambda rt: 1 + rt, tolerance=0.002
+        )
         log.record(10.4, sent=10.4, window=1.5, owner=1)
         log.record(10.5, sent=10.5, window=1.5, owner=1)
         assert log.wait(10.2) == pytest.approx(1.03)  # 10.2 s send, answered in 30 ms
@@ -316,8 +320,9 @@ def test_a_late_reading_finds_the_latest_send_before_it(directory: Path) -> None
     state = make_state(directory / "key-3.0.v1", Clock(), qps=3)
     with state.transaction() as log:
         log.record(10.0, sent=10.0, window=1.5, owner=1)
-        log.record(10.1, sent=10.1, window=1.5, owner=1)
+        log.record(10.0051, sent=10.0051, window=1.5, owner=1)
         log.record(10.2, sent=10.2, window=1.5, owner=1)
-        # The caller read its clock 5 ms after the send was logged (descheduled).
+        # The caller read its clock 5 ms after its send was logged (descheduled); the
+        # process's next send went just after that reading, and is not the one answered.
         assert log.answered(owner=1, sent=10.005, now=10.03, window=lambda rt: 1 + rt)
         assert log.wait(10.0) == pytest.approx(1.03)
