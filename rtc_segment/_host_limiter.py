@@ -288,10 +288,15 @@ class HostRateLimiter:
                 now = clock()
                 interval = 1.0 / self._send_rate(pacer, log.rate_cap, now)
                 scheduled = log.next_slot
-                paused = scheduled <= now and now - log.last_sent > PAUSE_INTERVALS * interval
                 # This process's first send after a pause of its own is the likeliest to
                 # arrive late (a new connection, cold caches), whatever the others do.
-                cold = paused or now - pacer.last_sent > PAUSE_INTERVALS * interval
+                cold = now - pacer.last_sent > PAUSE_INTERVALS * interval
+                # Nothing reserved ahead and nobody sent lately -- or this process starts
+                # (again) while the host is idle: no catch-up credit, as after a pause of
+                # one process's LocalRateLimiter.
+                paused = scheduled <= now and (
+                    cold or now - log.last_sent > PAUSE_INTERVALS * interval
+                )
                 tolerance = CATCH_UP * interval
                 slot = max(now, scheduled - tolerance)
                 reserved = max(scheduled, slot) + interval + (tolerance if paused else 0.0)
