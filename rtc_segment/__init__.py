@@ -36,6 +36,7 @@ from ._errors import (
     deprecated_name,
 )
 from ._fanout import OutcomeStream
+from ._host_limiter import HostRateLimiter
 from ._instrumentation import (
     CallDetails,
     CallHook,
@@ -130,6 +131,7 @@ __all__ = [
     "DefaultCredentialsChain",
     "EcsRoleCredentialsProvider",
     "EnvironmentCredentialsProvider",
+    "HostRateLimiter",
     "InvalidParameterError",
     "IssuedCredentials",
     "LocalRateLimiter",

@@ -34,7 +34,7 @@ from ._limiting import ActionLimiters, RateLimiter, bulk_gate
 from ._models import ResponseMetadata, TaskKey
 from ._providers import CredentialsProvider, StaticCredentialsProvider
 from ._signing import Signer
-from ._stats import ClientStats, Counters, RecentWaits, ThrottleEpisodes
+from ._stats import ClientStats, Counters, RecentWaits, ThrottleEpisodes, limiter_scope
 from ._version import __version__
 from ._wire import NOT_SENT, AttemptFailed, DirectSender, classify, read_capped, transport_error
 
@@ -236,6 +236,7 @@ class Caller:
             limiter_wait_p99=p99,
             waiting_for_limiter=self._waiting,
             limiter_rate=_rate_of(self._limiters.primary),
+            limiter_scope=limiter_scope(self._limiters.primary),
         )
 
     @property

@@ -81,16 +81,18 @@ class SegmentClient:
             are the same in both; only :meth:`start_segment` on a task that is already
             running differs (an error in 2022-06-01, :attr:`StartOutcome.ALREADY_RUNNING`
             in 2023-11-01). Both share each action's ceiling.
-        qps: GetSegmentTask ceiling when ``limiter`` is not given. The process's clients of
-            one account with the same ``qps`` share one adaptive :class:`LocalRateLimiter`
-            (its margin below the ceiling follows the observed round-trip jitter).
+        qps: GetSegmentTask ceiling when ``limiter`` is not given. The clients of one
+            account with the same ``qps``, in every process of the host, share one adaptive
+            :class:`HostRateLimiter` (its margin below the ceiling follows the observed
+            round-trip jitter; per process, with one warning, where the host's shared state
+            cannot be used).
         limiter: Any :class:`RateLimiter` for GetSegmentTask, instead of the shared one;
-            give processes that share an account one ``RedisRateLimiter`` key.
+            give processes on several hosts one ``RedisRateLimiter`` key.
         action_limiters: Limiters for the other actions, by action name. By default each
             action is paced on its own at its documented ceiling (StartSegment 60,
             UpdateSegment and StopSegment 150): with ``limiter.for_action(name, qps)`` when
             ``limiter`` offers it (``RedisRateLimiter`` does, so every action is shared
-            across processes), else with the process's shared limiter of that action.
+            across processes), else with the host's shared limiter of that action.
         timeout: Seconds one attempt may take, connecting to last byte of the answer.
         max_retries: Retries after the first attempt, for transient failures only.
         deadline: Default budget of each call, in seconds, covering the wait for the

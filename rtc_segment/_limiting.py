@@ -6,9 +6,11 @@ A limiter must guarantee that no sliding one-second window holds more than ``qps
 requests arrive. How :class:`LocalRateLimiter` does that with an aiolimiter leaky bucket,
 and why its numbers are what they are: ``docs/design/limiter.md``.
 
-Clients made without a ``limiter`` share one :class:`LocalRateLimiter` per account, action
-and ceiling within the process (:func:`shared_limiter`), so any number of clients of one
-account stay under each action's ceiling together. A limiter keeps its asyncio state per
+Clients made without a ``limiter`` share one limiter per account, action and ceiling
+(:func:`shared_limiter`): a :class:`~rtc_segment.HostRateLimiter`, so any number of clients
+of one account, in any number of processes on the host, stay under each action's ceiling
+together (a :class:`LocalRateLimiter` per process where the host's shared state cannot be
+used). A limiter keeps its asyncio state per
 event loop (a closed loop's is dropped when the next loop arrives), so no state crosses
 loops.
 """
@@ -16,16 +18,28 @@ loops.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 
 from ._backoff import SendCounter, ThrottleBackoff, ThrottleCause
 from ._compat import PacedBucket
-from ._pacing import MAX_MARGIN, STARTING_MARGIN, JitterMargin, SendLog, paced_rate
+from ._host import DIRECTORY_ENV
+from ._host_limiter import HostRateLimiter, account_fingerprint
+from ._loops import PerLoop as _PerLoop
+from ._pacing import (
+    CATCH_UP,
+    MAX_MARGIN,
+    PAUSE_INTERVALS,
+    STARTING_MARGIN,
+    JitterMargin,
+    SendLog,
+    paced_rate,
+)
 from ._validation import check_number
 
 __all__ = [
@@ -38,16 +52,10 @@ __all__ = [
     "shared_limiter",
 ]
 
-#: How late, in send intervals, a waiter may be woken without the delay being lost: the
-#: bucket holds this much more than one request, so the next waiters catch up at once.
-#: A busy or shared machine stalls an event loop for tens of milliseconds now and then;
-#: three intervals (50 ms at 60 QPS) catch up most of those. Catching up never breaks
-#: the ceiling: the send log checks every window.
-CATCH_UP = 3.0
-# A gap of this many send intervals with nobody waiting is a pause (see acquire).
-_PAUSE_INTERVALS = 2
 # A throttle reported within this many seconds of a round trip is that round trip's answer.
 _SAME_STEP = 0.001
+
+logger = logging.getLogger("rtc_segment")
 
 
 @runtime_checkable
@@ -89,43 +97,6 @@ class PacingFeedback(Protocol):
         ...
 
 
-_T = TypeVar("_T")
-
-
-class _PerLoop(Generic[_T]):
-    """One value per event loop, made on first use in that loop.
-
-    The values hold their loop (futures, timers), so a weak mapping could never let a loop
-    go; instead the values of closed loops are dropped whenever a new loop arrives.
-    """
-
-    __slots__ = ("_factory", "_values")
-
-    def __init__(self, factory: Callable[[], _T]) -> None:
-        self._factory = factory
-        self._values: dict[asyncio.AbstractEventLoop, _T] = {}
-
-    def get(self) -> _T:
-        """The value of the running loop."""
-        loop = asyncio.get_running_loop()
-        value = self._values.get(loop)
-        if value is None:
-            for old in [old for old in self._values if old.is_closed()]:
-                del self._values[old]
-            value = self._values[loop] = self._factory()
-        return value
-
-    def running(self) -> _T | None:
-        """The value of the running loop, if it has one (``None`` outside a loop too)."""
-        try:
-            return self._values.get(asyncio.get_running_loop())
-        except RuntimeError:
-            return None
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 @attrs.define
 class _LoopPacer:
     """A limiter's state in one event loop."""
@@ -165,11 +136,16 @@ class LocalRateLimiter:
     answered yet). Requests are spaced ``1 / rate`` apart, ``rate`` allowing for what a
     typical request needs. (Below 1 QPS: one request per ``(1 + margin) / qps`` seconds.)
 
-    Clients of one account made without a ``limiter`` already share one per process; give
-    processes that share an account a :class:`~rtc_segment.RedisRateLimiter` instead.
+    Clients of one account made without a ``limiter`` share a
+    :class:`~rtc_segment.HostRateLimiter` with every process of the host instead; pass this
+    one to pace a process on its own, and a :class:`~rtc_segment.RedisRateLimiter` to share
+    a ceiling across hosts.
     State is kept per event loop: one instance used from two loops (or threads) paces each
     loop on its own.
     """
+
+    #: Who shares this limiter's ceiling: the clients of this process.
+    scope = "process"
 
     def __init__(self, qps: float = 60.0, *, utilization: float | None = None) -> None:
         check_number("qps", qps, positive=True)
@@ -235,7 +211,7 @@ class LocalRateLimiter:
         # that one catches up).
         paused = (
             not pacer.turn.locked()
-            and bucket.now() - pacer.sends.last_sent > _PAUSE_INTERVALS / bucket.rate
+            and bucket.now() - pacer.sends.last_sent > PAUSE_INTERVALS / bucket.rate
         )
         async with pacer.turn:
             # The log first: waiting on it consumes nothing, so a cancelled waiter leaves
@@ -339,21 +315,43 @@ class LocalRateLimiter:
         return f"LocalRateLimiter(qps={self._qps!r}, utilization={self._utilization!r})"
 
 
-_SHARED: dict[tuple[str, str, float], LocalRateLimiter] = {}
+_SHARED: dict[tuple[str, str, float], RateLimiter] = {}
+# The warning that the host's shared state cannot be used is logged once per process.
+_warned_process_only = False
 
 
-def shared_limiter(account: str, action: str, qps: float) -> LocalRateLimiter:
-    """The process's one :class:`LocalRateLimiter` for ``action`` of ``account`` at ``qps``.
+def shared_limiter(account: str, action: str, qps: float) -> RateLimiter:
+    """The default limiter for ``action`` of ``account`` at ``qps``: one per process.
 
-    Every client made without an explicit limiter waits on this one, so clients of one
-    account share each action's ceiling. (Its asyncio state is per loop and weak: see
-    :class:`LocalRateLimiter`.)
+    A :class:`~rtc_segment.HostRateLimiter`, so every process of the account on this host
+    shares the ceiling; where the host's shared state cannot be used (no runtime or
+    temporary directory, a read-only file system, no ``fcntl``/``mmap``), a
+    :class:`LocalRateLimiter` for this process alone, with one warning that says so.
+    Every client made without an explicit limiter waits on this one.
     """
     key = (account, action, float(qps))
     limiter = _SHARED.get(key)
     if limiter is None:
-        limiter = _SHARED[key] = LocalRateLimiter(qps)
+        limiter = _SHARED[key] = _default_limiter(account, action, qps)
     return limiter
+
+
+def _default_limiter(account: str, action: str, qps: float) -> RateLimiter:
+    global _warned_process_only
+    try:
+        return HostRateLimiter(f"{account_fingerprint(account)}-{action}", qps)
+    except OSError as exc:
+        if not _warned_process_only:
+            _warned_process_only = True
+            logger.warning(
+                "rtc_segment: cannot share the rate limit with the other processes on this "
+                "host (%s); pacing each process on its own, so N processes of one account "
+                "can together exceed its ceiling N times over. Set %s to a private, writable "
+                "directory, or give the clients a RedisRateLimiter.",
+                exc,
+                DIRECTORY_ENV,
+            )
+        return LocalRateLimiter(qps)
 
 
 _GATES: weakref.WeakKeyDictionary[object, _PerLoop[asyncio.Lock]] = weakref.WeakKeyDictionary()
@@ -380,11 +378,11 @@ class ActionLimiters:
     """The limiter of each action of one client, created on first use.
 
     ``primary`` (GetSegmentTask) waits on ``primary_limiter`` if one was given, else on
-    the process's shared limiter for ``account`` at ``qps``. Every other action is paced on
-    its own at its ceiling: by ``overrides[name]`` if given, else by
+    the default shared limiter for ``account`` at ``qps`` (:func:`shared_limiter`). Every
+    other action is paced on its own at its ceiling: by ``overrides[name]`` if given, else by
     ``primary_limiter.for_action(name, qps)`` when the given limiter offers it (a
     ``RedisRateLimiter`` does, so every action is shared across processes), else by the
-    process's shared limiter for that action of ``account``.
+    default shared limiter for that action of ``account``.
 
     Raises (at construction):
         ValueError: ``overrides`` names an action not in ``ceilings``.

@@ -20,7 +20,17 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["JitterMargin", "SendLog", "paced_rate"]
+__all__ = ["CATCH_UP", "PAUSE_INTERVALS", "JitterMargin", "SendLog", "paced_rate"]
+
+#: How late, in send intervals, a waiter may be woken without the delay being lost: the
+#: bucket holds this much more than one request, so the next waiters catch up at once.
+#: A busy or shared machine stalls an event loop for tens of milliseconds now and then;
+#: three intervals (50 ms at 60 QPS) catch up most of those. Catching up never breaks
+#: the ceiling: the send log checks every window.
+CATCH_UP = 3.0
+#: A gap of this many send intervals with nobody waiting is a pause (see the limiters'
+#: ``acquire``).
+PAUSE_INTERVALS = 2
 
 # Round trips kept for the estimate; the quantiles skip the extreme sample at each end.
 _WINDOW = 128

@@ -366,6 +366,9 @@ class RedisRateLimiter:
             wait_for_redis=self._wait_for_redis,
         )
 
+    #: Who shares this limiter's ceiling: every process using its Redis key.
+    scope = "redis"
+
     @property
     def qps(self) -> float:
         """The ceiling shared by every process using this key, in requests per second."""

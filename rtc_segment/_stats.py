@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-__all__ = ["ClientStats", "Counters", "RecentWaits", "ThrottleEpisodes"]
+__all__ = ["ClientStats", "Counters", "RecentWaits", "ThrottleEpisodes", "limiter_scope"]
 
 
 @attrs.frozen
@@ -40,6 +40,12 @@ class ClientStats:
     the ceiling by the margin for the path's jitter, and lower still while it backs off
     because throttled answers show that someone else uses the account's quota. ``None``
     for a limiter that does not say."""
+    limiter_scope: str | None = None
+    """Who shares the GetSegmentTask limiter's ceiling: ``"host"`` (every process of the
+    account on this host: the default), ``"process"`` (this process only: a
+    ``LocalRateLimiter``, or the default where the host's shared state cannot be used),
+    ``"redis"`` (every process sharing the Redis key); ``None`` for a limiter that does
+    not say (its ``scope`` attribute)."""
 
 
 @attrs.define
@@ -120,3 +126,9 @@ class ThrottleEpisodes:
 
 def _nearest_rank(ordered: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def limiter_scope(limiter: object) -> str | None:
+    """A limiter's ``scope`` (who shares its ceiling), if it says."""
+    scope = getattr(limiter, "scope", None)
+    return scope if isinstance(scope, str) else None

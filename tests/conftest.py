@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 from _short_paths import make_short_directory
 
 from rtc_segment import _remote_credentials, set_call_hooks, set_default_telemetry
+from rtc_segment._host import DIRECTORY_ENV
 
 #: Variables of the official credential chain that a developer's shell may hold: no test
 #: may pick them up by accident.
@@ -96,8 +98,18 @@ def choose_event_loop(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Register the loop chosen. And pytest-redis's ``redis_proc`` keeps its unix socket in
     its data directory: give it one whose path does not grow with the clone's (see
-    ``tests/_short_paths.py``)."""
+    ``tests/_short_paths.py``).
+
+    The default limiter shares each account's ceiling with every process of the host
+    (``HostRateLimiter``): a test session gets a directory of its own for that state, so
+    that two sessions on one machine -- or the application's own workers -- do not slow
+    each other down. Worker processes the tests start inherit it.
+    """
     choose_event_loop(config)
+    if DIRECTORY_ENV not in os.environ:
+        limiter_directory = tempfile.mkdtemp(prefix="rtcs-limiter-")
+        os.environ[DIRECTORY_ENV] = limiter_directory
+        config.add_cleanup(lambda: shutil.rmtree(limiter_directory, ignore_errors=True))
     if getattr(config.option, "redis_datadir", None) is None and not config.getini("redis_datadir"):
         directory = make_short_directory("rtcs-redis-")
         config.option.redis_datadir = str(directory)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import random
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -295,6 +297,44 @@ def test_clients_of_one_account_share_each_actions_limiter() -> None:
     assert SegmentClient(alice, qps=30).limiter is not first.limiter
     own = LocalRateLimiter(60)
     assert SegmentClient(alice, limiter=own).limiter is own
+
+
+def test_the_default_limiter_is_shared_by_the_host_and_says_so() -> None:
+    from rtc_segment import Credentials, HostRateLimiter, SegmentClient
+
+    client = SegmentClient(Credentials("AKLThostwide", "secret-h"))
+    assert isinstance(client.limiter, HostRateLimiter)
+    assert client.limiter.key == HostRateLimiter.key_for(Credentials("AKLThostwide", "x"))
+    assert client.stats.limiter_scope == "host"
+    limiters = dict(client._limiters.items())
+    assert isinstance(limiters["StartSegment"], HostRateLimiter)
+    assert limiters["StartSegment"].key.endswith("-StartSegment")
+    # An explicit limiter still wins, and says it is this process's alone.
+    own = SegmentClient(Credentials("AKLThostwide", "secret-h"), limiter=LocalRateLimiter(60))
+    assert own.stats.limiter_scope == "process"
+
+
+def test_without_a_usable_directory_the_default_paces_per_process_and_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rtc_segment import Credentials, SegmentClient, _limiting
+    from rtc_segment._host import DIRECTORY_ENV
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv(DIRECTORY_ENV, str(blocker))
+    monkeypatch.setattr(_limiting, "_SHARED", {})
+    monkeypatch.setattr(_limiting, "_warned_process_only", False)
+    with caplog.at_level(logging.WARNING, logger="rtc_segment"):
+        first = SegmentClient(Credentials("AKLTnowhere", "secret-n"))  # four actions
+        second = SegmentClient(Credentials("AKLTnowhere2", "secret-n"))
+    assert type(first.limiter) is LocalRateLimiter
+    assert type(second.limiter) is LocalRateLimiter
+    assert first.stats.limiter_scope == "process"
+    warnings = [r for r in caplog.records if "pacing each process on its own" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "RedisRateLimiter" in warnings[0].getMessage()
+    assert "secret" not in caplog.text
 
 
 def test_a_limiter_keeps_its_state_per_event_loop() -> None:
