@@ -672,16 +672,17 @@ def _warn_shared_quota(action: Action, limiter: RateLimiter) -> None:
         "%s answers keep being throttled although this client paces within the %g QPS "
         "ceiling: something else likely uses the account's quota -- another consumer of "
         "the account (another program, SDK or tool), or processes on other hosts without a "
-        "shared limiter (RedisRateLimiter). The limiter backs off while they go on, if it "
-        "can (LocalRateLimiter does)%s.",
+        "shared limiter (RedisRateLimiter). The limiter (scope: %s) backs off while they go "
+        "on%s.",
         action.name,
         limiter.qps,
+        limiter_scope(limiter) or "unknown",
         "" if rate is None else f"; it sends {rate:.1f} requests/s now",
     )
 
 
 def _feed_back(limiter: RateLimiter, hook: str, *args: float) -> None:
-    """Tell the limiter what the path did, if it learns from that (LocalRateLimiter does)."""
+    """Tell the limiter what the path did, if it learns from that (this package's do)."""
     observe = getattr(limiter, hook, None)
     if observe is not None:
         observe(*args)

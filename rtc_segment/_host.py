@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import struct
@@ -265,6 +266,27 @@ class SharedLog:
         )
         self._dirty = True
         return True
+
+    def wait_for_rate(self, now: float, rate: float) -> float:
+        """Seconds from ``now`` until one more send keeps at most ``rate`` (at least one)
+        sends of every process in any sliding second, by when they left."""
+        limit = min(self._limit, max(1, math.floor(rate)))
+        count, head = self._header()[10:12]
+        if count < limit:
+            return 0.0
+        left = self._entry((head + count - limit) % self._limit)[2]
+        wait = left + 1.0 - now
+        return wait if wait > 1e-6 else 0.0
+
+    def sent_since(self, since: float) -> int:
+        """How many logged sends left after ``since``."""
+        count, head = self._header()[10:12]
+        total = 0
+        for back in range(count - 1, -1, -1):
+            if self._entry((head + back) % self._limit)[2] <= since:
+                break
+            total += 1
+        return total
 
     def newest_at(self) -> float:
         """When the newest logged send counts (``-inf`` when none)."""

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import attrs
 
+from ._backoff import ThrottleBackoff, ThrottleCause
 from ._host import COARSE_CLOCK_TOLERANCE, LAYOUT_VERSION, HostState, state_directory
 from ._loops import PerLoop
 from ._pacing import (
@@ -42,6 +43,8 @@ _DERIVED_KEY = re.compile(r"([0-9a-f]{16})-[A-Za-z0-9]+")
 # A loop whose clock is this far from the host's monotonic clock keeps its own time
 # (looptime's virtual clock, say): its sends cannot be placed on the shared schedule.
 _CLOCK_AGREEMENT_SECONDS = 0.25
+# A throttle reported within this many seconds of a round trip is that round trip's answer.
+_SAME_STEP = 0.001
 # The host-wide fastest round trip is forgotten after this long (a path can get slower).
 _FASTEST_MEMORY_SECONDS = 30.0
 
@@ -70,6 +73,12 @@ class _HostPacer:
     rate: float = 0.0
     # When this loop's latest send left (-inf before any).
     last_sent: float = float("-inf")
+    # Lowers this process's rate while throttles show that someone the host's processes
+    # cannot see uses the quota (_backoff; made with the pacer, at the ceiling).
+    backoff: ThrottleBackoff | None = None
+    # (when the request went, when its answer came) of the latest round trip reported: the
+    # caller reports a throttled answer's round trip just before the throttle.
+    answered: tuple[float, float] | None = None
     # How far the loop's clock, which times the round trips, may read before ours.
     tolerance: float = 1e-6
 
@@ -198,10 +207,15 @@ class HostRateLimiter:
 
     @property
     def rate(self) -> float:
-        """This process's send rate at its latest reservation, in requests per second (in
-        the running loop): the rate from its margin, capped by :attr:`rate_cap`."""
+        """This process's send rate now, in requests per second (in the running loop): the
+        rate from its margin, capped by :attr:`rate_cap`, and lower while it backs off
+        because throttles show that someone else uses the quota."""
         pacer = self._pacers.running()
-        return self._first_rate if pacer is None or not pacer.rate else pacer.rate
+        if pacer is None or not pacer.rate:
+            return self._first_rate
+        with pacer.state.transaction() as log:
+            cap = log.rate_cap
+        return self._send_rate(pacer, cap, pacer.clock())
 
     @property
     def rate_cap(self) -> float | None:
@@ -230,8 +244,10 @@ class HostRateLimiter:
             rate = self._qps * self._utilization
         else:
             rate = paced_rate(self._qps, pacer.margin.pace(now))
-        if cap is not None:
-            rate = min(rate, cap)
+        backed_off = self._backed_off_rate(pacer, now)
+        for limit in (cap, backed_off):
+            if limit is not None:
+                rate = min(rate, limit)
         pacer.rate = rate
         return rate
 
@@ -308,6 +324,12 @@ class HostRateLimiter:
                     with state.transaction() as log:
                         now = clock()
                         wait = log.wait(now)
+                        backed_off = self._backed_off_rate(pacer, now)
+                        if backed_off is not None:
+                            # Backing off: the lowered rate in every second of the host's
+                            # sends, not only on average (the server's window still holds
+                            # the old rate's arrivals right after a cut).
+                            wait = max(wait, log.wait_for_rate(now, backed_off))
                         if wait <= 0:
                             log.record(
                                 now + interval if cold else now,
@@ -334,6 +356,7 @@ class HostRateLimiter:
             pacer = self._pacers.get()
             with pacer.state.transaction() as log:
                 now = pacer.clock()
+                pacer.answered = (now - seconds, now)
                 # The window counts from when the send was logged, which the caller's round
                 # trip (from its turn) can miss a moment of: a process descheduled in between.
                 fastest = log.fastest(now, _FASTEST_MEMORY_SECONDS)
@@ -348,10 +371,36 @@ class HostRateLimiter:
             pacer.margin.record(seconds)
 
     def observe_throttle(self) -> None:
-        """Feedback from a client: the service said the quota was exceeded."""
+        """Feedback from a client: the service said the quota was exceeded.
+
+        A stray throttle while the host sends at full pace widens this process's margin;
+        throttles that persist, or come while the host sends well below the ceiling, show
+        that someone the host's processes cannot see uses the quota, and lower this
+        process's rate until they stop (``_backoff.ThrottleBackoff``, as
+        :class:`LocalRateLimiter` does). Every process that is throttled backs off.
+        """
         if self._utilization is None:
             pacer = self._pacers.get()
-            pacer.margin.throttled(pacer.clock())
+            backoff = self._backoff(pacer)
+            with pacer.state.transaction() as log:
+                now = pacer.clock()
+                sent_last_second = log.sent_since(now - 1.0)
+            answered, pacer.answered = pacer.answered, None
+            sent = answered[0] if answered is not None and now - answered[1] < _SAME_STEP else None
+            verdict = backoff.on_throttle(now, sent_last_second, sent)
+            if verdict is ThrottleCause.OWN_PACING:
+                pacer.margin.throttled(now)
+
+    def _backoff(self, pacer: _HostPacer) -> ThrottleBackoff:
+        if pacer.backoff is None:
+            pacer.backoff = ThrottleBackoff(self._qps)
+        return pacer.backoff
+
+    def _backed_off_rate(self, pacer: _HostPacer, now: float) -> float | None:
+        """The rate the backoff allows this process now (``None``: not backing off)."""
+        if pacer.backoff is None or self._utilization is not None:
+            return None
+        return pacer.backoff.rate(now)
 
     def _new_pacer(self) -> _HostPacer:
         if self._given_clock is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rtc_segment import Credentials, HostRateLimiter
+from rtc_segment._backoff import KEEP, PLATEAU
 from rtc_segment._host import HostState, state_directory
 from rtc_segment.testing import max_in_window
 
@@ -266,3 +267,53 @@ def test_an_unusable_directory_raises_os_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(OSError, match="cannot create"):
         HostRateLimiter("key", directory=blocker)
+
+
+# -- backing off when someone the host cannot see uses the quota (_backoff) -------------
+
+
+async def pace_for(limiter: HostRateLimiter, seconds: float, times: list[float]) -> None:
+    """Acquire back to back for ``seconds``, noting the send times."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        await limiter.acquire()
+        times.append(loop.time())
+
+
+@pytest.mark.looptime
+async def test_a_lone_throttle_at_full_pace_only_widens_the_margin(directory: Path) -> None:
+    (limiter,) = limiters(directory, 1)
+    times: list[float] = []
+    await pace_for(limiter, 2.0, times)
+    full = limiter.rate
+    limiter.observe_round_trip(LATENCY)
+    limiter.observe_throttle()
+    await pace_for(limiter, 0.2, times)
+    assert 0.98 * full < limiter.rate < full
+
+
+@pytest.mark.looptime
+async def test_throttles_below_the_ceiling_back_off_every_process_in_every_second(
+    directory: Path,
+) -> None:
+    # Two processes send half a second at the host's full pace: about 30 sends, well below
+    # the ceiling, then both are throttled -- someone else uses the quota. The server's
+    # window still holds those 30: the host's next sends must fit beside them, at the
+    # lowered rate, climbing towards its plateau below the throttled one.
+    first, second = limiters(directory, 2)
+    times: list[float] = []
+    await asyncio.gather(pace_for(first, 0.5, times), pace_for(second, 0.5, times))
+    before = len(times)
+    for limiter in (first, second):
+        limiter.observe_throttle()
+    assert first.rate <= KEEP * before + 1e-6
+    cut_at = asyncio.get_running_loop().time()
+    await asyncio.gather(pace_for(first, 2.0, times), pace_for(second, 2.0, times))
+    after = [t for t in sorted(times) if cut_at < t <= cut_at + 1.5]
+    assert after and after[0] - cut_at >= 0.3
+    for t in after:
+        assert sum(1 for s in times if t - 1.0 < s <= t) <= PLATEAU * before
+    # And it climbs back: the rate is above the cut's within seconds.
+    await asyncio.gather(pace_for(first, 6.0, times), pace_for(second, 6.0, times))
+    assert first.rate > KEEP * before
