@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rtc_segment._backoff import KEEP, PLATEAU
 from rtc_segment._credentials import Credentials
 from rtc_segment._errors import RateLimiterUnavailableError
-from rtc_segment._limiting import RateLimiter
+from rtc_segment._limiting import CATCH_UP, RateLimiter
 from rtc_segment._redis import RedisRateLimiter
 from rtc_segment.testing import max_in_window
 
@@ -923,7 +923,8 @@ async def test_redis_stopped_under_a_client_with_fallback_paces_locally(
     # After the slots reserved before the outage, sends go at fraction * qps at most.
     later = [r.arrival for r in emulator.requests if r.arrival > stopped_at + 0.1]
     assert len(later) >= 20
-    assert max_in_window(later, 0.5) <= fraction * qps * 0.5 + 1
+    # (Plus what the local bucket lets a stalled loop catch up: CATCH_UP intervals.)
+    assert max_in_window(later, 0.5) <= fraction * qps * 0.5 + 1 + CATCH_UP
     assert emulator.stats.throttled == 0
     assert (
         limiter.stats.fallback_acquisitions == len(later) or limiter.stats.fallback_acquisitions > 0

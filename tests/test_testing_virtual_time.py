@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from rtc_segment import SegmentClient, StopReason, TaskStatus
+from rtc_segment import LocalRateLimiter, SegmentClient, StopReason, TaskStatus
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Lifecycle
 
 KEY = ("app1", "room1", "task1")
@@ -59,8 +59,10 @@ async def test_paced_client_never_trips_the_ceiling() -> None:
 async def test_an_unpaced_burst_is_throttled_and_the_window_shows_it() -> None:
     emulator = Emulator(qps=60)
     emulator.add_task(*KEY)
+    # 1,000 QPS at a fixed pace: an adaptive limiter would back off at the first throttle.
+    unpaced = LocalRateLimiter(1000, utilization=0.99)
     async with SegmentClient(
-        DEFAULT_CREDENTIALS, transport=emulator.transport(), qps=1000, max_retries=0
+        DEFAULT_CREDENTIALS, transport=emulator.transport(), limiter=unpaced, max_retries=0
     ) as client:
         results = await asyncio.gather(
             *(client.get_segment_task(*KEY) for _ in range(100)), return_exceptions=True
