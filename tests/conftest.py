@@ -11,12 +11,14 @@ loop-sensitive suites this way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import pytest
+from _loop_lag import LoopLag
 from _short_paths import make_short_directory
 
 from rtc_segment import _remote_credentials, set_call_hooks, set_default_telemetry
@@ -137,3 +139,15 @@ def never_the_real_instance_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLCENGINE_CLI_CONFIG_FILE", "/nonexistent/rtc-segment-tests/config.json")
     for name in _CHAIN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def loop_lag() -> AsyncIterator[LoopLag]:
+    """A probe of the event loop's lateness, watching for the whole test
+    (``tests/_loop_lag.py``: what real-time ceiling checks allow for)."""
+    lag = LoopLag()
+    watcher = asyncio.create_task(lag.watch())
+    yield lag
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from _loop_lag import LoopLag
 from _redis_servers import cli, redis_cluster
 from redis.asyncio.cluster import RedisCluster
 
@@ -62,13 +63,13 @@ def node_of(ports: list[int], key: str) -> tuple[int, str]:
 
 
 async def test_a_cluster_client_is_accepted_and_holds_the_ceiling(
-    cluster: RedisCluster,
+    cluster: RedisCluster, loop_lag: LoopLag
 ) -> None:
     qps = 100.0
     credentials = Credentials("AKLTclusteraccount", "secret")
     limiter = RedisRateLimiter(cluster, key=RedisRateLimiter.key_for(credentials), qps=qps)
     went = await acquire_times(limiter, 150)
-    assert max_in_window(went, 1.0) <= qps
+    assert max_in_window(went, loop_lag.window()) <= qps  # (tests/_loop_lag.py)
     assert limiter.stats.reservations == 150
     assert limiter.stats.failures == 0
     assert await cluster.exists(limiter.key) == 1
@@ -84,7 +85,7 @@ def test_an_accounts_action_keys_share_one_cluster_slot() -> None:
 
 
 async def test_the_key_moving_to_another_node_mid_run_is_followed(
-    cluster: RedisCluster, cluster_ports: list[int]
+    cluster: RedisCluster, cluster_ports: list[int], loop_lag: LoopLag
 ) -> None:
     qps = 100.0
     key = "{resharded}:GetSegmentTask"
@@ -111,7 +112,7 @@ async def test_the_key_moving_to_another_node_mid_run_is_followed(
     went = before + during + after
     assert len(went) == 140
     assert limiter.stats.failures == 0
-    assert max_in_window(went, 1.0) <= qps
+    assert max_in_window(went, loop_lag.window()) <= qps  # (tests/_loop_lag.py)
 
 
 def node_of_port(ports: list[int], wanted: int) -> tuple[int, str]:
