@@ -361,8 +361,15 @@ def commands_of(transcript: str) -> list[Command]:
     return commands
 
 
+def _part_pattern(part: str) -> str:
+    # A gap of two spaces or more is a table's column gap: its width follows the widest
+    # cell, which may be a value the page shows as `...` (a rate, a duration).
+    return re.sub(r" {2,}", " {2,}", re.escape(part))
+
+
 def assert_output(actual: list[str], expected: list[str], command: str) -> None:
-    """``actual`` matches ``expected``, where ``...`` stands for text or, alone, for lines."""
+    """``actual`` matches ``expected``, where ``...`` stands for text or, alone, for lines,
+    and a gap of two spaces or more for any such gap (columns aligned to a varying cell)."""
     actual_text = "".join(line.rstrip() + "\n" for line in actual)
     pattern = ""
     for line in expected:
@@ -370,7 +377,7 @@ def assert_output(actual: list[str], expected: list[str], command: str) -> None:
             pattern += r"(?:[^\n]*\n)*?"
         else:
             parts = line.rstrip().split("...")
-            pattern += r"[^\n]*?".join(re.escape(part) for part in parts) + r"\n"
+            pattern += r"[^\n]*?".join(_part_pattern(part) for part in parts) + r"\n"
     if re.fullmatch(pattern, actual_text) is None:
         assert actual_text == "".join(line + "\n" for line in expected), command
 
@@ -704,3 +711,13 @@ def test_json_in_the_pages_is_valid() -> None:
     for block in ALL_BLOCKS:
         if block.lang == "json":
             json.loads(block.code)
+
+
+def test_a_transcripts_column_gaps_may_widen_but_its_words_and_numbers_may_not() -> None:
+    expected = [" keys        5", " achieved ...  ceiling 60/s"]
+    # A wider cell elsewhere in the table (the rate) pushes the column one space right.
+    assert_output([" keys         5", " achieved 112.3/s  ceiling 60/s"], expected, "poll")
+    with pytest.raises(AssertionError):
+        assert_output([" keys         6", " achieved 1/s  ceiling 60/s"], expected, "poll")
+    with pytest.raises(AssertionError):
+        assert_output([" key s        5", " achieved 1/s  ceiling 60/s"], expected, "poll")
