@@ -364,7 +364,7 @@ def commands_of(transcript: str) -> list[Command]:
 def _part_pattern(part: str) -> str:
     # A gap of two spaces or more is a table's column gap: its width follows the widest
     # cell, which may be a value the page shows as `...` (a rate, a duration).
-    return re.sub(r" {2,}", " {2,}", re.escape(part))
+    return " {2,}".join(re.escape(piece) for piece in re.split(" {2,}", part))
 
 
 def assert_output(actual: list[str], expected: list[str], command: str) -> None:
