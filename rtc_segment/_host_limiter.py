@@ -36,7 +36,13 @@ from ._pacing import (
 )
 from ._validation import check_number
 
-__all__ = ["HostRateLimiter"]
+__all__ = ["MAX_HOST_QPS", "HostRateLimiter"]
+
+#: The highest ceiling a host-wide limiter takes. Its shared state keeps the last ``qps``
+#: sends and is checked whole in every transaction, so its cost grows with the ceiling:
+#: about 30 us a transaction at 1,000 (32 KB), 20 ms at a million (32 MB: 200 requests
+#: then took 23 s). The service's ceilings are 60 to 150 QPS.
+MAX_HOST_QPS = 1000.0
 
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _DERIVED_KEY = re.compile(r"([0-9a-f]{16})-[A-Za-z0-9]+")
@@ -97,7 +103,8 @@ class HostRateLimiter:
         key: Which budget to share: every process using the same key, ``qps`` and
             directory shares one ceiling. :meth:`key_for` derives it from the account and
             action. Letters, digits, ``_``, ``.`` and ``-`` only.
-        qps: The ceiling in requests per second (the service allows 60 for GetSegmentTask).
+        qps: The ceiling in requests per second (the service allows 60 for GetSegmentTask);
+            at most :data:`MAX_HOST_QPS` (1,000).
         utilization: ``None`` (the default) adapts like :class:`LocalRateLimiter`: each
             process spaces the slots it reserves by a margin learnt from its own round
             trips (:meth:`observe_round_trip`), widened at once by a throttled answer
@@ -110,7 +117,8 @@ class HostRateLimiter:
             only if they use the same directory.
 
     Raises:
-        ValueError: ``key``, ``qps`` or ``utilization`` is invalid.
+        ValueError: ``key``, ``qps`` or ``utilization`` is invalid (``qps`` above
+            :data:`MAX_HOST_QPS` included).
         OSError: The shared state cannot be used here (no such directory, read-only file
             system, a directory or file not private to this user, no ``fcntl``/``mmap``).
 
@@ -137,6 +145,11 @@ class HostRateLimiter:
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise ValueError(f"key must be 1-128 letters, digits, '_', '.' or '-', got {key!r}")
         check_number("qps", qps, positive=True)
+        if qps > MAX_HOST_QPS:
+            raise ValueError(
+                f"qps must be at most {MAX_HOST_QPS:g} for a HostRateLimiter (its shared state "
+                f"keeps the last qps sends), got {qps!r}; use a LocalRateLimiter above that"
+            )
         if utilization is not None:
             check_number("utilization", utilization)
             if not 0 < utilization < 1:

@@ -29,7 +29,7 @@ import attrs
 from ._backoff import SendCounter, ThrottleBackoff, ThrottleCause
 from ._compat import PacedBucket
 from ._host import DIRECTORY_ENV
-from ._host_limiter import HostRateLimiter, account_fingerprint
+from ._host_limiter import MAX_HOST_QPS, HostRateLimiter, account_fingerprint
 from ._loops import PerLoop as _PerLoop
 from ._pacing import (
     CATCH_UP,
@@ -326,7 +326,9 @@ def shared_limiter(account: str, action: str, qps: float) -> RateLimiter:
     A :class:`~rtc_segment.HostRateLimiter`, so every process of the account on this host
     shares the ceiling; where the host's shared state cannot be used (no runtime or
     temporary directory, a read-only file system, no ``fcntl``/``mmap``), a
-    :class:`LocalRateLimiter` for this process alone, with one warning that says so.
+    :class:`LocalRateLimiter` for this process alone, with one warning that says so. A
+    ceiling above :data:`~rtc_segment._host_limiter.MAX_HOST_QPS` (the service's are 60
+    to 150) is paced per process too: the shared state keeps the last ``qps`` sends.
     Every client made without an explicit limiter waits on this one.
     """
     key = (account, action, float(qps))
@@ -338,6 +340,8 @@ def shared_limiter(account: str, action: str, qps: float) -> RateLimiter:
 
 def _default_limiter(account: str, action: str, qps: float) -> RateLimiter:
     global _warned_process_only
+    if qps > MAX_HOST_QPS:
+        return LocalRateLimiter(qps)
     try:
         return HostRateLimiter(f"{account_fingerprint(account)}-{action}", qps)
     except OSError as exc:

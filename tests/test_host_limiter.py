@@ -19,6 +19,7 @@ import pytest
 from rtc_segment import Credentials, HostRateLimiter
 from rtc_segment._backoff import KEEP, PLATEAU
 from rtc_segment._host import HostState, state_directory
+from rtc_segment._host_limiter import MAX_HOST_QPS
 from rtc_segment.testing import max_in_window
 
 LATENCY = 0.020
@@ -317,3 +318,9 @@ async def test_throttles_below_the_ceiling_back_off_every_process_in_every_secon
     # And it climbs back: the rate is above the cut's within seconds.
     await asyncio.gather(pace_for(first, 6.0, times), pace_for(second, 6.0, times))
     assert first.rate > KEEP * before
+
+
+def test_a_ceiling_above_what_the_shared_state_holds_is_refused(directory: Path) -> None:
+    HostRateLimiter("k", MAX_HOST_QPS, directory=directory)  # the most it takes
+    with pytest.raises(ValueError, match=r"at most 1000 .* LocalRateLimiter"):
+        HostRateLimiter("k", MAX_HOST_QPS * 1.001, directory=directory)
