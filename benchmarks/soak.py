@@ -12,8 +12,10 @@ answers).
 
 Both ends are recorded, on the machine's one monotonic clock (``time.monotonic``):
 
-* the client's: when the limiter let each request go (the default ``LocalRateLimiter(60)``,
-  subclassed to note it), and when it was handed to httpx's transport (after signing);
+* the client's: when the limiter let each request go (the default limiter, a
+  ``HostRateLimiter`` of the account at 60 QPS as ``SegmentClient()`` makes it, subclassed
+  to note it; ``--limiter local`` runs the process-only ``LocalRateLimiter(60)`` instead),
+  and when it was handed to httpx's transport (after signing);
 * the server's arrival stamps: when the emulator counted each request, after uvicorn
   parsed it.
 
@@ -33,6 +35,7 @@ import contextvars
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import describe_machine, percentile, print_table
 
-from rtc_segment import LocalRateLimiter, SegmentClient, TaskKey
+from rtc_segment import HostRateLimiter, LocalRateLimiter, SegmentClient, TaskKey
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, max_in_window
 
 QPS = 60
@@ -90,11 +93,26 @@ def _burn(seconds: float) -> None:
 _GO: contextvars.ContextVar[float] = contextvars.ContextVar("go")
 
 
-class StampingLimiter(LocalRateLimiter):
-    """The default limiter (``LocalRateLimiter(60)``), noting when it lets each request go."""
+class StampingLocalLimiter(LocalRateLimiter):
+    """The process-only limiter (``LocalRateLimiter(60)``), noting when it lets each request go."""
 
     def __init__(self) -> None:
         super().__init__(QPS)
+        self.gone: list[float] = []
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        now = time.monotonic()
+        self.gone.append(now)
+        _GO.set(now)
+
+
+class StampingHostLimiter(HostRateLimiter):
+    """The default limiter (the host-wide one ``SegmentClient()`` makes for the account and
+    action at 60 QPS, in a private directory), noting when it lets each request go."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(f"soak-{os.getpid()}-GetSegmentTask", QPS, directory=directory)
         self.gone: list[float] = []
 
     async def acquire(self) -> None:
@@ -122,24 +140,48 @@ class StampingTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-async def watch(url: str, seconds: float) -> tuple[list[float], dict[str, Any]]:
+def _rss_mib() -> float:
+    """This process's resident memory now, in MiB (Linux; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def _sample_memory(into: list[float]) -> None:
+    """Note the client process's resident memory every 10 s, to show whether it grows."""
+    while True:
+        into.append(_rss_mib())
+        await asyncio.sleep(10)
+
+
+async def watch(url: str, seconds: float, kind: str) -> tuple[list[float], dict[str, Any]]:
     transport = StampingTransport()
-    limiter = StampingLimiter()
+    rss: list[float] = []
+    scratch = tempfile.TemporaryDirectory(prefix="soak-")
+    limiter: StampingHostLimiter | StampingLocalLimiter = (
+        StampingHostLimiter(scratch.name) if kind == "host" else StampingLocalLimiter()
+    )
     keys = [TaskKey("soak", f"room-{i}", "task") for i in range(TASKS)]
     async with SegmentClient(
         DEFAULT_CREDENTIALS, endpoint=url, transport=transport, limiter=limiter
     ) as client:
+        sampler = asyncio.create_task(_sample_memory(rss))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 async with client.watch_segment_tasks(keys, poll_interval=POLL_INTERVAL) as tasks:
                     async for _event in tasks:
                         pass
         stats = client.stats
+    sampler.cancel()
+    scratch.cleanup()
     return transport.sent, {
         "throttled": stats.throttled,
         "errors": dict(stats.errors),
         "gone": limiter.gone,
         "late": transport.late,
+        "rss": rss,
     }
 
 
@@ -158,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="how long (default 10)")
     parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes beside it")
+    parser.add_argument(
+        "--limiter",
+        choices=("host", "local"),
+        default="host",
+        help="the default host-wide limiter (default) or the process-only LocalRateLimiter",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.busy < 0:
         parser.error("--minutes must be positive and --busy not negative")
@@ -176,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         for burner in burners:
             burner.start()
         load_before = os.getloadavg()
-        sent, client = asyncio.run(watch(url, seconds))
+        sent, client = asyncio.run(watch(url, seconds, args.limiter))
         conn.send("stop")
         seen = conn.recv()
     finally:
@@ -210,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{seen['throttled']}",
         ),
     ]
-    print(f"Soak: {args.minutes:g} min watching {TASKS} tasks at {QPS} QPS, busy={args.busy}")
+    print(
+        f"Soak: {args.minutes:g} min watching {TASKS} tasks at {QPS} QPS, "
+        f"limiter={args.limiter}, busy={args.busy}"
+    )
     print(describe_machine())
     print(f"load average at the start: {' '.join(f'{v:.2f}' for v in load_before)}")
     print()
@@ -237,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{lates[0]:.1f} ms after its go, last {lates[-1]:.1f} ms; most late "
                 f"{max(lates):.1f} ms"
             )
+    rss = client["rss"]
+    if rss:
+        print(
+            f"client memory (RSS, every 10 s): first {rss[0]:.0f} MiB, after 1 min "
+            f"{rss[min(6, len(rss) - 1)]:.0f} MiB, last {rss[-1]:.0f} MiB, most {max(rss):.0f} MiB"
+        )
     print(f"client errors: {client['errors'] or 'none'}")
     return 0
 
