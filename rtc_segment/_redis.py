@@ -315,6 +315,9 @@ class RedisRateLimiter:
             None if pool is None else pool.get_connection
         )
         self._checkout_args = () if pool is None else _checkout_args(pool)
+        # A cluster client's first reservation goes alone (see _reserve_slot).
+        self._cluster_ready = False
+        self._cluster_first = asyncio.Lock()
         # Monotonic time before which Redis is not tried again; 0.0: no outage.
         self._retry_at = 0.0
         self._outage_warned = False
@@ -632,9 +635,7 @@ class RedisRateLimiter:
         routes it to the node holding the key's slot and follows MOVED/ASK redirections.
         """
         if self._get_connection is None:
-            return await _run_script_on_cluster(
-                cast("RedisCluster", self._redis), self._key, arguments
-            )
+            return await self._reserve_on_cluster(cast("RedisCluster", self._redis), arguments)
         connection = await self._get_connection(*self._checkout_args)
         try:
             try:
@@ -644,6 +645,27 @@ class RedisRateLimiter:
         finally:
             assert self._pool is not None
             await self._pool.release(connection)
+
+    async def _reserve_on_cluster(
+        self, cluster: RedisCluster, arguments: list[int]
+    ) -> tuple[int, int]:
+        """Run the script through a cluster client; if the client broke, once more.
+
+        The first reservation goes alone, the others wait for it: it settles the client's
+        view of which node holds the key. redis-py's cluster client closes *every*
+        connection after a few MOVED answers (``reinitialize_steps``) -- under the
+        commands other callers have in flight, which then fail inside redis-py -- and a
+        burst of first reservations routed by a stale view met exactly that (1 key in 600
+        lost in 2 of 3 runs of ``benchmarks/shared_limiter.py --scenarios cluster``).
+        Such a failure, or a broken connection, is retried once, as on a single server.
+        """
+        if not self._cluster_ready:
+            async with self._cluster_first:
+                if not self._cluster_ready:
+                    answer = await _retried_once(cluster, self._key, arguments)
+                    self._cluster_ready = True
+                    return answer
+        return await _retried_once(cluster, self._key, arguments)
 
     def _enter_outage(self, exc: BaseException) -> None:
         self._failures += 1
@@ -704,20 +726,58 @@ async def _run_script(
     return _slot_and_now(answer)
 
 
+async def _retried_once(cluster: RedisCluster, key: str, arguments: list[int]) -> tuple[int, int]:
+    """:func:`_run_script_on_cluster`, once more if the connection or the client broke.
+
+    If the script ran before the answer was lost, that slot stays unused: at most one slot
+    lost, never a send without a slot (as on a single server).
+    """
+    try:
+        return await _run_script_on_cluster(cluster, key, arguments)
+    except _CONNECTION_LOST:
+        return await _run_script_on_cluster(cluster, key, arguments)
+
+
 async def _run_script_on_cluster(
     cluster: RedisCluster, key: str, arguments: list[int]
 ) -> tuple[int, int]:
     """One reservation through a cluster client's command API (it routes the key to its
-    node and follows MOVED/ASK redirections; its own retry settings apply here)."""
-    run = cast("Callable[..., Awaitable[Any]]", cluster.evalsha)
+    node and follows MOVED/ASK redirections; its own retry settings apply here).
+
+    An ``AttributeError`` or ``TypeError`` raised inside redis-py is the client breaking
+    under a command in flight (a connection it closed for a topology refresh: its
+    ``_writer`` is gone); it is reported as a lost connection, not as a caller's bug.
+    """
     try:
-        answer = await run(_GCRA_SHA, 1, key, *arguments)
-    except NoScriptError:
-        # A node that never ran it (new, restarted, or just handed the key).
-        answer = await cast("Callable[..., Awaitable[Any]]", cluster.eval)(
-            _GCRA_SCRIPT, 1, key, *arguments
-        )
+        run = cast("Callable[..., Awaitable[Any]]", cluster.evalsha)
+        try:
+            answer = await run(_GCRA_SHA, 1, key, *arguments)
+        except NoScriptError:
+            # A node that never ran it (new, restarted, or just handed the key).
+            answer = await cast("Callable[..., Awaitable[Any]]", cluster.eval)(
+                _GCRA_SCRIPT, 1, key, *arguments
+            )
+    except (AttributeError, TypeError) as exc:
+        if not _raised_inside_redis(exc):
+            raise
+        raise RedisConnectionError(
+            f"the cluster client broke under the command ({type(exc).__name__}: {exc})"
+        ) from exc
     return _slot_and_now(answer)
+
+
+def _raised_inside_redis(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by redis-py's code or by the asyncio transport under it
+    (its innermost frame): e.g. ``'NoneType' object has no attribute 'writelines'`` from a
+    connection closed under a command, or ``'NoneType' object is not callable`` from its
+    transport (redis/redis-py#3546)."""
+    traceback = exc.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = traceback.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and module.partition(".")[0] in ("redis", "asyncio")
 
 
 def _slot_and_now(answer: Any) -> tuple[int, int]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from _loop_lag import LoopLag
 from _redis_servers import cli, redis_cluster
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import NodesManager, RedisCluster
 
 from rtc_segment._credentials import Credentials
 from rtc_segment._redis import RedisRateLimiter
@@ -121,3 +122,57 @@ def node_of_port(ports: list[int], wanted: int) -> tuple[int, str]:
         if int(address.split("@")[0].rsplit(":", 1)[1]) == wanted:
             return wanted, node_id
     raise AssertionError(f"no node on port {wanted}")
+
+
+async def test_a_stale_view_of_the_cluster_costs_one_redirection_not_a_reset(
+    cluster: RedisCluster,
+    cluster_ports: list[int],
+    loop_lag: LoopLag,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The client believes the key lives on another node (a view from before a move). Had
+    # the first burst of reservations gone out together, each would come back MOVED, and
+    # after `reinitialize_steps` of them redis-py closes every connection under the
+    # commands still in flight. The first reservation goes alone and corrects the view.
+    qps = 200.0
+    key = "{stale-view}:GetSegmentTask"
+    holder, _ = node_of(cluster_ports, key)
+    other = next(port for port in cluster_ports if port != holder)
+    slot = int(cli(cluster_ports[0], "cluster", "keyslot", key))
+    wrong = cluster.get_node(host="127.0.0.1", port=other)
+    assert wrong is not None
+    cluster.nodes_manager.slots_cache[slot] = [wrong]
+    redirections: list[object] = []
+    move_slot = NodesManager.move_slot
+
+    async def counted(self: NodesManager, error: Any) -> None:
+        redirections.append(error)
+        await move_slot(self, error)
+
+    monkeypatch.setattr(NodesManager, "move_slot", counted)
+    limiter = RedisRateLimiter(cluster, key=key, qps=qps)
+    went = await acquire_times(limiter, 40)
+    assert len(went) == 40
+    assert len(redirections) == 1
+    assert limiter.stats.failures == 0
+    assert max_in_window(went, loop_lag.window()) <= qps  # (tests/_loop_lag.py)
+
+
+async def test_the_cluster_client_breaking_under_reservations_loses_none(
+    cluster: RedisCluster, loop_lag: LoopLag
+) -> None:
+    # redis-py closes every connection of a cluster client for a topology refresh (after
+    # MOVED answers, on CLUSTERDOWN) while other commands are in flight on them; those fail
+    # inside redis-py (AttributeError: 'NoneType' object has no attribute 'writelines').
+    # The limiter takes that for a lost connection: retried, never raised to a caller.
+    qps = 200.0
+    limiter = RedisRateLimiter(cluster, key="{breaking}:GetSegmentTask", qps=qps)
+    await acquire_times(limiter, 1)  # the first reservation has settled the view
+    reservations = asyncio.create_task(acquire_times(limiter, 120))
+    for _ in range(15):  # over the first half second of the run
+        await asyncio.sleep(0.03)
+        await cluster.aclose()  # what redis-py itself does for a refresh
+    assert not reservations.done()
+    went = await reservations
+    assert len(went) == 120
+    assert max_in_window(went, loop_lag.window()) <= qps  # (tests/_loop_lag.py)
