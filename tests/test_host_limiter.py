@@ -9,6 +9,7 @@ processes: tests/test_host_processes.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from rtc_segment import Credentials, HostRateLimiter
+from rtc_segment import Credentials, HostRateLimiter, SegmentClient
 from rtc_segment._backoff import KEEP, PLATEAU
 from rtc_segment._host import HostState, state_directory
 from rtc_segment._host_limiter import MAX_HOST_QPS
-from rtc_segment.testing import max_in_window
+from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, max_in_window
 
 LATENCY = 0.020
 
@@ -324,3 +325,51 @@ def test_a_ceiling_above_what_the_shared_state_holds_is_refused(directory: Path)
     HostRateLimiter("k", MAX_HOST_QPS, directory=directory)  # the most it takes
     with pytest.raises(ValueError, match=r"at most 1000 .* LocalRateLimiter"):
         HostRateLimiter("k", MAX_HOST_QPS * 1.001, directory=directory)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("processes", [2, 4])
+async def test_single_calls_go_ahead_of_every_process_s_fan_out(
+    directory: Path, processes: int
+) -> None:
+    # Every "process" fans out 300 keys through its own client; one of them also makes
+    # single calls. Each process has one bulk request at a time at the limiter (its bulk
+    # gate) and one reservation at a time on the shared schedule, where the processes'
+    # reservations take turns. So a single call waits for at most two turns of the
+    # processes -- its own process's bulk request's, then its own -- about `2 x processes`
+    # intervals, not behind the queue of 300 x processes (seconds).
+    emulator = Emulator(qps=60, latency=0.05)
+    loop = asyncio.get_running_loop()
+    keys = [
+        [emulator.add_task("app", f"room{who}-{i}", "task").key for i in range(300)]
+        for who in range(processes)
+    ]
+    single = emulator.add_task("app", "single", "task").key
+    clients = [
+        SegmentClient(
+            DEFAULT_CREDENTIALS,
+            transport=emulator.transport(),
+            clock=emulator.wall_clock,
+            limiter=limiter,
+        )
+        for limiter in limiters(directory, processes)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        fan_outs = [
+            asyncio.create_task(client.gather_segment_tasks(part))
+            for client, part in zip(clients, keys, strict=True)
+        ]
+        latencies = []
+        for _ in range(10):
+            await asyncio.sleep(0.5)
+            sent = loop.time()
+            await clients[0].get_segment_task(*single)
+            latencies.append(loop.time() - sent)
+        outcomes = [outcome for done in await asyncio.gather(*fan_outs) for outcome in done]
+    assert all(outcome.ok for outcome in outcomes)
+    interval = 1 / 60
+    assert max(latencies) <= 0.05 + (2 * processes + 1) * interval, latencies
+    assert emulator.stats.throttled == 0
+    assert emulator.max_in_window(1.0) <= 60
