@@ -64,6 +64,7 @@ print("bare wheel:", __version__, "imports;", len(rtc_segment.__all__), "names i
 # tests in virtual time stay on asyncio's loop (tests/conftest.py; docs/testing.md says why).
 UVLOOP_SUITES = (
     "tests/test_limiting.py",
+    "tests/test_host_processes.py",
     "tests/test_pacing.py",
     "tests/test_caller.py",
     "tests/test_fanout.py",

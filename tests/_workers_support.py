@@ -1,7 +1,9 @@
 """Worker processes for tests/test_host_processes.py: spawned, so importable by name.
 
 Each worker makes a default ``SegmentClient`` (no limiter given: the host-wide default)
-and fetches its own keys against the emulator's server in the test process.
+and fetches its own keys against the emulator's server in the test process, on the event
+loop the tests run on (``--event-loop``: asyncio's own or uvloop, whose clock the host
+limiter reads in milliseconds).
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ def owner_of(room_id: str) -> int:
     return int(room_id[1:].split("-")[0])
 
 
-def fetch_keys(base_url: str, index: int, keys: int, start: Barrier, results: Any) -> None:
-    """Fetch ``keys`` keys in one fan-out through a default client; report the outcome."""
-    results.put(asyncio.run(_fetch(base_url, index, keys, start)))
+def fetch_keys(
+    base_url: str, index: int, keys: int, start: Barrier, results: Any, loop: str = "asyncio"
+) -> None:
+    """Fetch ``keys`` keys in one fan-out through a default client, on ``loop``; report the
+    outcome."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop  # installed by the uvloop nox session only
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        results.put(runner.run(_fetch(base_url, index, keys, start)))
 
 
 async def _fetch(base_url: str, index: int, keys: int, start: Barrier) -> dict[str, Any]:
@@ -40,6 +51,7 @@ async def _fetch(base_url: str, index: int, keys: int, start: Barrier) -> dict[s
         )
         stats = client.stats
     return {
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "index": index,
         "ok": sum(outcome.ok for outcome in outcomes),
         "throttled": stats.throttled,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from _workers_support import APP_ID, CREDENTIALS, fetch_keys, hold_the_lock, owner_of, room
+from conftest import chosen_loop
 
 from rtc_segment import HostRateLimiter
 from rtc_segment._host import HostState, state_directory
@@ -41,6 +42,12 @@ def spawn() -> Iterator[tuple[SpawnContext, list[SpawnProcess]]]:
             if process.is_alive():
                 process.kill()
             process.join(10)
+
+
+@pytest.fixture
+def loop(request: pytest.FixtureRequest) -> str:
+    """The event loop the workers run on: the one the tests run on (``--event-loop``)."""
+    return chosen_loop(request.config)
 
 
 def emulator_for(processes: int, keys: int) -> Emulator:
@@ -66,7 +73,7 @@ async def collect(results: Any, count: int, workers: list[SpawnProcess]) -> list
 
 @pytest.mark.parametrize(("processes", "keys"), [(4, 150), (8, 75)])
 async def test_worker_processes_with_default_clients_share_the_ceiling(
-    spawn: tuple[SpawnContext, list[SpawnProcess]], processes: int, keys: int
+    spawn: tuple[SpawnContext, list[SpawnProcess]], loop: str, processes: int, keys: int
 ) -> None:
     context, started = spawn
     emulator = emulator_for(processes, keys)
@@ -75,13 +82,14 @@ async def test_worker_processes_with_default_clients_share_the_ceiling(
     async with emulator.serve(port=0) as base_url:
         for index in range(processes):
             process = context.Process(
-                target=fetch_keys, args=(base_url, index, keys, start, results)
+                target=fetch_keys, args=(base_url, index, keys, start, results, loop)
             )
             process.start()
             started.append(process)
         reports = await collect(results, processes, started)
     assert sum(r["ok"] for r in reports) == processes * keys
     assert {r["scope"] for r in reports} == {"host"}
+    assert {r["loop"] for r in reports} == {loop}
     stats = emulator.stats
     assert stats.throttled == 0
     assert stats.max_in_second <= 60
@@ -102,7 +110,7 @@ async def test_worker_processes_with_default_clients_share_the_ceiling(
 
 
 async def test_a_worker_killed_mid_run_costs_the_others_nothing(
-    spawn: tuple[SpawnContext, list[SpawnProcess]],
+    spawn: tuple[SpawnContext, list[SpawnProcess]], loop: str
 ) -> None:
     context, started = spawn
     processes, keys = 3, 600  # more than the run lasts: every worker is busy throughout
@@ -112,7 +120,7 @@ async def test_a_worker_killed_mid_run_costs_the_others_nothing(
     async with emulator.serve(port=0) as base_url:
         for index in range(processes):
             process = context.Process(
-                target=fetch_keys, args=(base_url, index, keys, start, results)
+                target=fetch_keys, args=(base_url, index, keys, start, results, loop)
             )
             process.start()
             started.append(process)
