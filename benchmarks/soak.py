@@ -29,6 +29,7 @@ n-th send matched to the n-th arrival, which holds while requests do not overtak
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import contextvars
@@ -98,7 +99,7 @@ class StampingLocalLimiter(LocalRateLimiter):
 
     def __init__(self) -> None:
         super().__init__(QPS)
-        self.gone: list[float] = []
+        self.gone = array.array("d")  # compact: the memory figure is the client's
 
     async def acquire(self) -> None:
         await super().acquire()
@@ -113,7 +114,7 @@ class StampingHostLimiter(HostRateLimiter):
 
     def __init__(self, directory: str) -> None:
         super().__init__(f"soak-{os.getpid()}-GetSegmentTask", QPS, directory=directory)
-        self.gone: list[float] = []
+        self.gone = array.array("d")  # compact: the memory figure is the client's
 
     async def acquire(self) -> None:
         await super().acquire()
@@ -128,15 +129,19 @@ class StampingTransport(httpx.AsyncHTTPTransport):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sent: list[float] = []
-        self.late: list[tuple[float, float]] = []  # (handed at, seconds after its go)
+        # Compact arrays, so the client's memory figure is not the stamps': when each
+        # request was handed over, and how long after its go (matched by index).
+        self.sent = array.array("d")
+        self.late_at = array.array("d")
+        self.late_by = array.array("d")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         now = time.monotonic()
         self.sent.append(now)
         go = _GO.get(None)
         if go is not None:
-            self.late.append((now, now - go))
+            self.late_at.append(now)
+            self.late_by.append(now - go)
         return await super().handle_async_request(request)
 
 
@@ -176,11 +181,11 @@ async def watch(url: str, seconds: float, kind: str) -> tuple[list[float], dict[
         stats = client.stats
     sampler.cancel()
     scratch.cleanup()
-    return transport.sent, {
+    return list(transport.sent), {
         "throttled": stats.throttled,
         "errors": dict(stats.errors),
-        "gone": limiter.gone,
-        "late": transport.late,
+        "gone": list(limiter.gone),
+        "late": list(zip(transport.late_at, transport.late_by, strict=True)),
         "rss": rss,
     }
 
