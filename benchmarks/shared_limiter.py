@@ -329,6 +329,9 @@ async def _work(
     else:
         if kind == "cluster":
             redis = RedisCluster(host="127.0.0.1", port=port)
+            # As a long-lived worker does once: fetch the cluster's layout (and redis-py's
+            # command table, a ~100 ms parse) before the run, not inside its first second.
+            await redis.initialize()
         elif kind == "sentinel":
             sentinel = Sentinel([("127.0.0.1", port)], socket_timeout=0.5)
             redis = sentinel.master_for(SERVICE, socket_timeout=0.5, socket_connect_timeout=0.5)

@@ -8,7 +8,11 @@ One default client (``SegmentClient(credentials, endpoint=url)``) watches 2,000 
 that never change, polling each every 5 s: 400 polls a second wanted, so the limiter
 sends at the ceiling for the whole run (~35,700 requests in 10 minutes). The emulator's
 loopback server runs in its own process (60 QPS judged where requests arrive, 50 ms
-answers).
+answers), at a higher priority than the client and the hogs when permitted (niceness
+-10): on a starved 2-core machine a server at normal priority stamps arrivals late and in
+bunches (in one run beside 2 hogs and four other busy processes it counted 73 in a second
+while the client's sends never put more than 60 in one), which measures the machine, not
+the client.
 
 Both ends are recorded, on the machine's one monotonic clock (``time.monotonic``):
 
@@ -58,8 +62,17 @@ TASKS = 2000
 POLL_INTERVAL = 5.0
 
 
+#: The server process's niceness: above the client and the hogs (when permitted), so that
+#: what it counts is when requests arrived, not when a starved server got the CPU. The
+#: service it stands for runs on other machines, which our busy host cannot slow down.
+SERVER_NICENESS = -10
+
+
 def _serve(conn: Connection, tasks: int) -> None:
     """The server process: answers until told to stop, then sends the arrival stamps."""
+    with contextlib.suppress(OSError):  # not permitted: it stays at the normal priority
+        os.setpriority(os.PRIO_PROCESS, 0, SERVER_NICENESS)
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
 
     async def main() -> None:
         emulator = Emulator(qps=QPS, latency=LATENCY, record_limit=None)
@@ -67,7 +80,7 @@ def _serve(conn: Connection, tasks: int) -> None:
             emulator.add_task("soak", f"room-{i}", "task")
         loop = asyncio.get_running_loop()
         async with emulator.serve(port=0) as url:
-            conn.send(url)
+            conn.send((url, niceness))
             await loop.run_in_executor(None, conn.recv)
             # The emulator's clock follows this loop's time; its offset to time.monotonic
             # now is its offset for the whole run (one loop, never re-based).
@@ -225,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not conn.poll(60):
             raise RuntimeError("the server process did not start")
-        url = conn.recv()
+        url, server_niceness = conn.recv()
         for burner in burners:
             burner.start()
         load_before = os.getloadavg()
@@ -269,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(describe_machine())
     print(f"load average at the start: {' '.join(f'{v:.2f}' for v in load_before)}")
+    print(
+        f"server process niceness {server_niceness} (client and hogs at "
+        f"{os.getpriority(os.PRIO_PROCESS, 0)})"
+    )
     print()
     print_table(("end", "requests", "max/s", "sends opening a second > 60", "throttled"), rows)
     if delays:
