@@ -76,15 +76,43 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
 
 
 def cli(port: int, *args: str) -> str:
-    """``redis-cli -p port args...``; its output."""
+    """``redis-cli -p port args...``; its output (a failure says what redis-cli said)."""
     _, redis_cli = require_redis_tools()
-    return subprocess.run(
+    done = subprocess.run(
         [redis_cli, "-h", "127.0.0.1", "-p", str(port), *args],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
         timeout=30,
-    ).stdout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"redis-cli {' '.join(args)} exited {done.returncode}: "
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
+    return done.stdout
+
+
+def create_cluster(ports: list[int], attempts: int = 3) -> None:
+    """``redis-cli --cluster create`` over ``ports``, again after a reset if it fails (on a
+    starved machine its wait for the nodes to agree can give up)."""
+    for attempt in range(attempts):
+        try:
+            cli(
+                ports[0],
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            )
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            for port in ports:
+                cli(port, "cluster", "reset", "hard")
 
 
 class Servers:
@@ -150,15 +178,7 @@ def redis_cluster(nodes: int = 3) -> Iterator[list[int]]:
                     "--cluster-node-timeout",
                     "5000",
                 )
-            cli(
-                ports[0],
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{port}" for port in ports),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            )
+            create_cluster(ports)
             deadline = time.monotonic() + 30
             while not all("cluster_state:ok" in cli(port, "cluster", "info") for port in ports):
                 if time.monotonic() > deadline:
