@@ -342,10 +342,11 @@ async def test_a_throttle_is_told_apart_by_when_its_request_left(
 
 
 @pytest.mark.looptime
-@pytest.mark.parametrize("sends_while_backed_off", [5])
+@pytest.mark.parametrize("sends_while_backed_off", [5, 0])
 async def test_once_a_backoff_ends_the_sends_go_at_the_full_pace_again(
     sends_while_backed_off: int,
 ) -> None:
+    # Also when it ended while nobody was sending (the bucket kept the lowered rate then).
     limiter = LocalRateLimiter(60)
     full = limiter.rate
     await acquire_times(limiter, 30, concurrency=1)  # half a second at full pace
@@ -377,6 +378,20 @@ async def test_while_backed_off_the_sends_are_spaced_evenly_at_the_lowered_rate(
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # Evenly about 26 a second (climbing) -- not bursts at the old pace, and pauses between.
     assert 1 / 40 < min(gaps) <= max(gaps) < 1 / 20
+
+
+@pytest.mark.looptime
+async def test_the_sends_follow_the_pace_as_a_throttles_widening_relaxes() -> None:
+    # The widening halves every 30 s by time alone, with no feedback to re-pace on: the
+    # sends keep to the rate the limiter reports all the same.
+    limiter = LocalRateLimiter(60)
+    await acquire_times(limiter, 70, concurrency=1)
+    limiter.observe_throttle()  # a stray throttle at full pace: the margin widens
+    widened = limiter.rate
+    await asyncio.sleep(60)
+    assert limiter.rate > widened
+    times = (await acquire_times(limiter, 40, concurrency=1))[1:]  # after the pause
+    assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(limiter.rate, rel=1e-4)
 
 
 def _forward_delays(path: str, rng: random.Random) -> Callable[[], float]:
