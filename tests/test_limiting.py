@@ -19,11 +19,15 @@ from rtc_segment.testing import max_in_window
 
 
 @pytest.fixture
-def fresh_shared_limiters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process's default limiters start empty: each is made by the test that asks."""
+def fresh_shared_limiters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The process's default limiters start empty, each made by the test that asks, with
+    the host's shared state in a directory of the test's own (a run of several pytest
+    sessions in one process, as mutmut's, removes the session's directory in between)."""
     from rtc_segment import _limiting
+    from rtc_segment._host import DIRECTORY_ENV
 
     monkeypatch.setattr(_limiting, "_SHARED", {})
+    monkeypatch.setenv(DIRECTORY_ENV, str(tmp_path))
 
 
 async def acquire_times(limiter: LocalRateLimiter, n: int, concurrency: int) -> list[float]:
