@@ -346,6 +346,27 @@ async def test_a_throttle_is_told_apart_by_when_its_request_left(
 
 
 @pytest.mark.looptime
+async def test_a_throttle_a_whole_step_after_a_round_trip_is_not_that_answers() -> None:
+    # The client reports a throttled answer's round trip just before the throttle: only a
+    # throttle less than a step (1 ms) after it is that answer's. At 1 QPS one send is the
+    # full pace, so a stray throttle can come at once -- within the first milliseconds of
+    # the loop's clock, where loop times are exact enough to meet the boundary.
+    limiter = LocalRateLimiter(1)
+    loop = asyncio.get_running_loop()
+    assert loop.time() == 0.0
+    await limiter.acquire()
+    limiter.observe_throttle()  # a stray throttle: the margin widens, the pace stays
+    full = limiter.rate
+    await asyncio.sleep(0.002)
+    limiter.observe_round_trip(0.002)  # the answer to the request sent with the throttle
+    reported = loop.time()
+    await asyncio.sleep(0.001)
+    assert loop.time() - reported == 0.001
+    limiter.observe_throttle()  # whose request left when is unknown: within a second, the same
+    assert limiter.rate == pytest.approx(full, rel=1e-3)
+
+
+@pytest.mark.looptime
 @pytest.mark.parametrize("sends_while_backed_off", [5, 0])
 async def test_once_a_backoff_ends_the_sends_go_at_the_full_pace_again(
     sends_while_backed_off: int,
