@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rtc_segment._limiting import CATCH_UP, LocalRateLimiter, RateLimiter, bulk_gate
-from rtc_segment._pacing import MIN_MARGIN, STARTING_MARGIN
+from rtc_segment._pacing import MAX_MARGIN, MIN_MARGIN, STARTING_MARGIN
 from rtc_segment.testing import max_in_window
 
 
@@ -364,6 +364,30 @@ async def test_a_throttle_a_whole_step_after_a_round_trip_is_not_that_answers() 
     assert loop.time() - reported == 0.001
     limiter.observe_throttle()  # whose request left when is unknown: within a second, the same
     assert limiter.rate == pytest.approx(full, rel=1e-3)
+
+
+@pytest.mark.looptime
+async def test_a_send_counts_until_its_window_has_passed_even_beside_a_pause() -> None:
+    # The first send after a pause counts one interval late, and the log forgets what no
+    # window can reach any more: measured from that later time, it forgot a send whose
+    # window (here the widest, 1 + MAX_MARGIN) had one interval left -- and when the pace
+    # rose just then, the next send went out inside it, the ceiling's 61st.
+    limiter = LocalRateLimiter(60)
+    loop = asyncio.get_running_loop()
+    for round_trip in [0.05] * 8 + [1.0] * 8:  # a path with a slow half: about 41 a second
+        limiter.observe_round_trip(round_trip)
+    await limiter.acquire()  # the oldest: from idle, counted one interval late
+    oldest_at = loop.time() + 1 / limiter.rate
+    await acquire_times(limiter, 58, concurrency=1)
+    limiter.observe_round_trip(loop.time())  # the oldest's answer, slow: the widest window
+    window = 1 + MAX_MARGIN
+    # A pause, then a send (the 60th) just as the oldest's window has one interval left.
+    await asyncio.sleep(oldest_at + window - 1 / limiter.rate + 2e-6 - loop.time())
+    await limiter.acquire()
+    for _ in range(15):  # round trips that make the path look quicker: the pace rises
+        limiter.observe_round_trip(0.05)
+    await limiter.acquire()  # the 61st counting from the oldest
+    assert loop.time() >= oldest_at + window - 1e-6
 
 
 @pytest.mark.looptime
