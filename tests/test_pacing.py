@@ -118,6 +118,8 @@ def test_the_send_log_keeps_times_ordered() -> None:
     log.record(1.0)
     log.record(0.5)
     assert log.wait(1.5, fixed(1.0)) == pytest.approx(0.5)
+    log.record(1.6)
+    assert log.wait(1.7, fixed(1.0)) == pytest.approx(0.3)  # the moved one counts at 1.0
 
 
 def test_a_send_log_never_lets_a_window_hold_more_than_its_limit() -> None:
