@@ -112,7 +112,6 @@ class _LoopPacer:
     # When the request whose round trip was reported last left, and when that report
     # came: the caller reports a throttled answer's round trip just before the throttle.
     answered: tuple[float, float] | None = None
-    backed_off: bool = False
     # One waiter at a time checks the log and the bucket, so nothing can be sent between
     # its check and its send (and waiters go in arrival order).
     turn: asyncio.Lock = attrs.field(factory=asyncio.Lock)
@@ -237,13 +236,13 @@ class LocalRateLimiter:
         backed_off = pacer.backoff.rate(now)
         if backed_off is not None:
             # While someone else uses the quota: the backoff's rate in every second of our
-            # sends, spaced evenly (it climbs with time alone: re-pace as it does).
+            # sends, spaced evenly.
             wait = max(wait, pacer.recent.wait(now, backed_off))
+        if self._utilization is None:
+            # The pace changes with time alone -- the backoff climbs, and ends; a throttle's
+            # widening of the margin relaxes -- so it is set again before every send (else a
+            # backoff that ended while nobody sent would leave the bucket at its lowered rate).
             self._repace(pacer)
-            pacer.backed_off = True
-        elif pacer.backed_off:
-            pacer.backed_off = False
-            self._repace(pacer)  # the backoff just ended
         return wait
 
     def observe_round_trip(self, seconds: float) -> None:

@@ -125,7 +125,10 @@ class SendLog:
         if sends and at < sends[-1].at:
             at = sends[-1].at
         sends.append(_Send(at, left))
-        while sends[0].at <= at - self._horizon:
+        # Measured from when this one left, not from when it counts (a first send after a
+        # pause counts one interval later): a send forgotten then has no window left, now
+        # or at any later check.
+        while sends[0].at <= left - self._horizon:
             sends.popleft()
 
     def answered(self, sent: float, round_trip: float) -> bool:

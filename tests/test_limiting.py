@@ -13,9 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from rtc_segment._limiting import CATCH_UP, LocalRateLimiter, RateLimiter
-from rtc_segment._pacing import MIN_MARGIN
+from rtc_segment._limiting import CATCH_UP, LocalRateLimiter, RateLimiter, bulk_gate
+from rtc_segment._pacing import MAX_MARGIN, MIN_MARGIN, STARTING_MARGIN
 from rtc_segment.testing import max_in_window
+
+
+@pytest.fixture
+def fresh_shared_limiters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The process's default limiters start empty, each made by the test that asks, with
+    the host's shared state in a directory of the test's own (a run of several pytest
+    sessions in one process, as mutmut's, removes the session's directory in between)."""
+    from rtc_segment import _limiting
+    from rtc_segment._host import DIRECTORY_ENV
+
+    monkeypatch.setattr(_limiting, "_SHARED", {})
+    monkeypatch.setenv(DIRECTORY_ENV, str(tmp_path))
 
 
 async def acquire_times(limiter: LocalRateLimiter, n: int, concurrency: int) -> list[float]:
@@ -216,6 +228,221 @@ async def test_a_shrinking_margin_never_lets_an_earlier_window_overfill() -> Non
     assert max_in_window(times, seconds=1.0 + MIN_MARGIN) <= 60
 
 
+@pytest.mark.looptime
+async def test_below_one_qps_each_send_waits_one_window_after_the_last() -> None:
+    # Below 1 QPS the log holds one send, whose window is 1 / qps seconds (plus margin).
+    limiter = LocalRateLimiter(0.5)
+    times = await acquire_times(limiter, 4, concurrency=4)
+    window = 2.0 * (1 + STARTING_MARGIN)
+    # The first send after idle counts one interval (here: a window) late, and the second
+    # waits for that; then one window apart.
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == pytest.approx([2 * window, window, window], rel=1e-5)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(("gap", "third_after_second"), [(2.0, 0.0), (2.5, 1.0)])
+async def test_a_pause_is_a_gap_of_over_two_intervals_after_the_last_send_left(
+    gap: float, third_after_second: float
+) -> None:
+    # docs/design/limiter.md: the first request after a gap of *over* two intervals with
+    # nobody waiting is charged an interval -- the next one waits a whole interval instead
+    # of catching up. The gap counts from when the last request left (not from the later
+    # time a first send after idle is counted at). 50 a second: 20 ms apart, exact in floats.
+    limiter = LocalRateLimiter(100, utilization=0.5)
+    interval = 0.02
+    loop = asyncio.get_running_loop()
+    assert loop.time() == 0.0  # the boundary is exact only from a round start
+    times = []
+    await limiter.acquire()  # from idle: a pause
+    times.append(loop.time())
+    await asyncio.sleep(gap * interval)
+    for _ in range(2):
+        await limiter.acquire()
+        times.append(loop.time())
+    expected = [0.0, gap * interval, (gap + third_after_second) * interval]
+    assert times == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.looptime
+async def test_after_a_pause_the_next_send_is_one_interval_away_even_if_the_pace_rose() -> None:
+    # A pause leaves no credit: the send after the first is one interval away, as from a
+    # standing start -- also when feedback raised the pace while nobody was sending.
+    limiter = LocalRateLimiter(60)
+    loop = asyncio.get_running_loop()
+    await limiter.acquire()
+    await asyncio.sleep(0.01)
+    for _ in range(16):  # a quiet path learnt: the margin shrinks, the pace rises
+        limiter.observe_round_trip(0.05)
+    interval = 1 / limiter.rate
+    # Just over two intervals after the first send: a pause, though the bucket, which
+    # drained at the lower pace for a while, still holds more than two intervals' worth.
+    await asyncio.sleep(math.ceil((2 * interval - 0.01) * 1e6 + 1) / 1e6)
+    await limiter.acquire()
+    second = loop.time()
+    await limiter.acquire()
+    assert loop.time() - second == pytest.approx(interval, abs=2e-6)
+
+
+@pytest.mark.looptime
+async def test_a_round_trip_sets_the_window_of_the_send_it_belongs_to() -> None:
+    # At 1 QPS the log holds one send: the next waits until that one is a second plus its
+    # own lateness -- its round trip minus the least seen, plus MIN_MARGIN -- old.
+    loop = asyncio.get_running_loop()
+    limiter = LocalRateLimiter(1)
+    for _ in range(16):  # the path: 50 ms round trips, no spread
+        limiter.observe_round_trip(0.05)
+    interval = 1 / limiter.rate
+    await limiter.acquire()
+    first = loop.time()  # counted one interval late (after idle)
+    await asyncio.sleep(0.3)
+    limiter.observe_round_trip(0.3)  # its answer: 250 ms slower than the fastest
+    await limiter.acquire()
+    assert loop.time() - first == pytest.approx(interval + 1 + 0.25 + MIN_MARGIN, abs=1e-5)
+
+    # A late answer is matched to the send that left then, not to a later one.
+    limiter = LocalRateLimiter(1)
+    for _ in range(16):
+        limiter.observe_round_trip(0.05)
+    await limiter.acquire()
+    first = loop.time()
+    await limiter.acquire()
+    second = loop.time()
+    await asyncio.sleep(0.1)
+    limiter.observe_round_trip(loop.time() - first)  # the first send's answer, 2.1 s late
+    await limiter.acquire()
+    # The second is unanswered: the spread of round trips (none: MIN_MARGIN) bounds it.
+    assert loop.time() - second == pytest.approx(1 + MIN_MARGIN, abs=1e-5)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("round_trip", "reported_before", "cut"),
+    [
+        (0.02, 0.0, True),  # its request left after the stray throttle: a shared quota
+        (0.5, 0.0, False),  # it left before the stray throttle: the same crowded second
+        (0.02, 0.01, False),  # that round trip was another answer's: unknown, so the same
+        (None, 0.0, False),  # no round trip: within a second of the stray, the same
+    ],
+)
+async def test_a_throttle_is_told_apart_by_when_its_request_left(
+    round_trip: float | None, reported_before: float, cut: bool
+) -> None:
+    # The client reports a throttled answer's round trip just before the throttle, in the
+    # same step: then the limiter knows when that request left.
+    limiter = LocalRateLimiter(60)
+    await acquire_times(limiter, 120, concurrency=1)  # two seconds at full pace
+    limiter.observe_throttle()  # a stray throttle: the margin widens, the pace stays
+    full = limiter.rate
+    await acquire_times(limiter, 18, concurrency=1)  # 0.3 s later
+    if round_trip is not None:
+        limiter.observe_round_trip(round_trip)
+    await asyncio.sleep(reported_before)
+    limiter.observe_throttle()
+    if cut:
+        assert limiter.rate < 0.85 * full
+    else:
+        assert limiter.rate == pytest.approx(full, rel=1e-3)
+
+
+@pytest.mark.looptime
+async def test_a_throttle_a_whole_step_after_a_round_trip_is_not_that_answers() -> None:
+    # The client reports a throttled answer's round trip just before the throttle: only a
+    # throttle less than a step (1 ms) after it is that answer's. At 1 QPS one send is the
+    # full pace, so a stray throttle can come at once -- within the first milliseconds of
+    # the loop's clock, where loop times are exact enough to meet the boundary.
+    limiter = LocalRateLimiter(1)
+    loop = asyncio.get_running_loop()
+    assert loop.time() == 0.0
+    await limiter.acquire()
+    limiter.observe_throttle()  # a stray throttle: the margin widens, the pace stays
+    full = limiter.rate
+    await asyncio.sleep(0.002)
+    limiter.observe_round_trip(0.002)  # the answer to the request sent with the throttle
+    reported = loop.time()
+    await asyncio.sleep(0.001)
+    assert loop.time() - reported == 0.001
+    limiter.observe_throttle()  # whose request left when is unknown: within a second, the same
+    assert limiter.rate == pytest.approx(full, rel=1e-3)
+
+
+@pytest.mark.looptime
+async def test_a_send_counts_until_its_window_has_passed_even_beside_a_pause() -> None:
+    # The first send after a pause counts one interval late, and the log forgets what no
+    # window can reach any more: measured from that later time, it forgot a send whose
+    # window (here the widest, 1 + MAX_MARGIN) had one interval left -- and when the pace
+    # rose just then, the next send went out inside it, the ceiling's 61st.
+    limiter = LocalRateLimiter(60)
+    loop = asyncio.get_running_loop()
+    for round_trip in [0.05] * 8 + [1.0] * 8:  # a path with a slow half: about 41 a second
+        limiter.observe_round_trip(round_trip)
+    await limiter.acquire()  # the oldest: from idle, counted one interval late
+    oldest_at = loop.time() + 1 / limiter.rate
+    await acquire_times(limiter, 58, concurrency=1)
+    limiter.observe_round_trip(loop.time())  # the oldest's answer, slow: the widest window
+    window = 1 + MAX_MARGIN
+    # A pause, then a send (the 60th) just as the oldest's window has one interval left.
+    await asyncio.sleep(oldest_at + window - 1 / limiter.rate + 2e-6 - loop.time())
+    await limiter.acquire()
+    for _ in range(15):  # round trips that make the path look quicker: the pace rises
+        limiter.observe_round_trip(0.05)
+    await limiter.acquire()  # the 61st counting from the oldest
+    assert loop.time() >= oldest_at + window - 1e-6
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("sends_while_backed_off", [5, 0])
+async def test_once_a_backoff_ends_the_sends_go_at_the_full_pace_again(
+    sends_while_backed_off: int,
+) -> None:
+    # Also when it ended while nobody was sending (the bucket kept the lowered rate then).
+    limiter = LocalRateLimiter(60)
+    full = limiter.rate
+    await acquire_times(limiter, 30, concurrency=1)  # half a second at full pace
+    limiter.observe_throttle()  # well below the ceiling: someone else uses the quota
+    assert limiter.rate < 0.85 * full
+    await acquire_times(limiter, sends_while_backed_off, concurrency=1)
+    await asyncio.sleep(30)  # the backoff climbs back to the ceiling and disengages
+    assert limiter.rate == pytest.approx(full)
+    times = (await acquire_times(limiter, 40, concurrency=1))[1:]  # after the pause
+    assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(full, rel=1e-4)
+
+
+@pytest.mark.looptime
+async def test_a_fixed_utilization_keeps_each_window_of_one_over_it_to_the_ceiling() -> None:
+    # At 30.5 QPS and utilization 0.5 the pace (15.25 a second) would put 30.5 sends in a
+    # window of 1 / 0.5 seconds: the log keeps every such window to 30.
+    limiter = LocalRateLimiter(30.5, utilization=0.5)
+    times = await acquire_times(limiter, 95, concurrency=5)
+    assert max_in_window(times, seconds=2.0) <= 30
+
+
+@pytest.mark.looptime
+async def test_while_backed_off_the_sends_are_spaced_evenly_at_the_lowered_rate() -> None:
+    limiter = LocalRateLimiter(60)
+    await acquire_times(limiter, 30, concurrency=1)  # half a second at full pace
+    limiter.observe_throttle()  # well below the ceiling: someone else uses the quota
+    await acquire_times(limiter, 30, concurrency=1)  # the server's window turns over first
+    times = await acquire_times(limiter, 10, concurrency=1)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Evenly about 26 a second (climbing) -- not bursts at the old pace, and pauses between.
+    assert 1 / 40 < min(gaps) <= max(gaps) < 1 / 20
+
+
+@pytest.mark.looptime
+async def test_the_sends_follow_the_pace_as_a_throttles_widening_relaxes() -> None:
+    # The widening halves every 30 s by time alone, with no feedback to re-pace on: the
+    # sends keep to the rate the limiter reports all the same.
+    limiter = LocalRateLimiter(60)
+    await acquire_times(limiter, 70, concurrency=1)
+    limiter.observe_throttle()  # a stray throttle at full pace: the margin widens
+    widened = limiter.rate
+    await asyncio.sleep(60)
+    assert limiter.rate > widened
+    times = (await acquire_times(limiter, 40, concurrency=1))[1:]  # after the pause
+    assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(limiter.rate, rel=1e-4)
+
+
 def _forward_delays(path: str, rng: random.Random) -> Callable[[], float]:
     if path == "uniform":  # the issue's jittery path: 0-20 ms
         return lambda: rng.uniform(0.0, 0.02)
@@ -264,6 +491,7 @@ async def test_arrivals_stay_under_the_ceiling_on_a_jittery_path(
 
 
 def test_protocol_and_validation() -> None:
+    assert LocalRateLimiter().qps == 60.0  # GetSegmentTask's ceiling
     limiter = LocalRateLimiter(30, utilization=0.95)
     assert isinstance(limiter, RateLimiter)
     assert limiter.qps == 30
@@ -277,9 +505,184 @@ def test_protocol_and_validation() -> None:
         LocalRateLimiter(60, utilization=1.0)
 
 
+@pytest.mark.parametrize(
+    ("qps", "utilization", "error", "message"),
+    [
+        (0, None, ValueError, "qps must be a positive number, got 0"),
+        ("60", None, TypeError, "qps must be a number, not str"),
+        (60, float("nan"), ValueError, "utilization must be a finite number, got nan"),
+        (60, "0.5", TypeError, "utilization must be a number, not str"),
+        (60, 0, ValueError, "utilization must be in (0, 1), got 0"),
+        (60, 1.0, ValueError, "utilization must be in (0, 1), got 1.0"),
+        (60, 1.5, ValueError, "utilization must be in (0, 1), got 1.5"),
+        (60, -0.5, ValueError, "utilization must be in (0, 1), got -0.5"),
+    ],
+)
+def test_bad_arguments_are_refused_with_messages_that_name_them(
+    qps: object, utilization: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as refused:
+        LocalRateLimiter(qps, utilization=utilization)  # type: ignore[arg-type]
+    assert str(refused.value) == message
+
+
+@pytest.mark.usefixtures("fresh_shared_limiters")
+def test_a_ceiling_up_to_what_the_host_holds_is_shared_by_the_host() -> None:
+    from rtc_segment import HostRateLimiter
+    from rtc_segment._host_limiter import MAX_HOST_QPS
+    from rtc_segment._limiting import shared_limiter
+
+    at_most = shared_limiter("AKLTedge", "GetSegmentTask", MAX_HOST_QPS)
+    assert isinstance(at_most, HostRateLimiter)
+    assert at_most.qps == MAX_HOST_QPS
+    assert shared_limiter("AKLTedge", "StopSegment", 150.0).qps == 150.0
+    beyond = shared_limiter("AKLTedge", "GetSegmentTask", MAX_HOST_QPS + 1)
+    assert type(beyond) is LocalRateLimiter
+    assert beyond.qps == MAX_HOST_QPS + 1
+
+
+# -- the gate bulk work queues at --------------------------------------------------------------
+
+
+class _Unreferenceable:
+    """A limiter that cannot be weakly referenced (slots, no __weakref__)."""
+
+    __slots__ = ("qps",)
+
+    def __init__(self) -> None:
+        self.qps = 60.0
+
+    async def acquire(self) -> None:
+        return None
+
+
+def test_bulk_work_queues_at_one_gate_per_limiter_and_event_loop() -> None:
+    first, second = LocalRateLimiter(60), LocalRateLimiter(60)
+    odd, other_odd = _Unreferenceable(), _Unreferenceable()
+
+    async def gates() -> list[asyncio.Lock]:
+        return [
+            bulk_gate(first),
+            bulk_gate(first),
+            bulk_gate(second),
+            bulk_gate(odd),
+            bulk_gate(other_odd),
+        ]
+
+    one_loop = asyncio.run(gates())
+    assert all(isinstance(gate, asyncio.Lock) for gate in one_loop)
+    first_gate, again, second_gate, odd_gate, other_odd_gate = one_loop
+    assert again is first_gate
+    assert second_gate is not first_gate
+    # Limiters that cannot be weakly referenced share one gate per loop.
+    assert other_odd_gate is odd_gate
+    assert odd_gate not in (first_gate, second_gate)
+    # Another loop, other gates: a lock belongs to its loop.
+    another_loop = asyncio.run(gates())
+    assert not {id(gate) for gate in another_loop} & {id(gate) for gate in one_loop}
+
+
+# -- the limiter of each action -----------------------------------------------------------------
+
+_CEILINGS = {"GetSegmentTask": 60.0, "StartSegment": 60.0, "StopSegment": 150.0}
+
+
+@pytest.mark.usefixtures("fresh_shared_limiters")
+def test_each_action_waits_on_the_accounts_shared_limiter_at_its_ceiling() -> None:
+    from rtc_segment._limiting import ActionLimiters, shared_limiter
+
+    account = "AKLTactions"
+    limiters = ActionLimiters("GetSegmentTask", None, account=account, qps=30.0, ceilings=_CEILINGS)
+    # The primary action at the client's qps, every other at its own ceiling.
+    assert limiters.primary is shared_limiter(account, "GetSegmentTask", 30.0)
+    assert limiters.items() == [
+        ("GetSegmentTask", limiters.primary),
+        ("StartSegment", shared_limiter(account, "StartSegment", 60.0)),
+        ("StopSegment", shared_limiter(account, "StopSegment", 150.0)),
+    ]
+    # An action met later gets its limiter once, at the ceiling it came with.
+    update = limiters.get("UpdateSegment", 150.0)
+    assert update is shared_limiter(account, "UpdateSegment", 150.0)
+    assert limiters.get("UpdateSegment", 1.0) is update
+    assert limiters.items()[-1] == ("UpdateSegment", update)
+    # A limiter given for the primary action paces it alone; the others keep the defaults.
+    own = LocalRateLimiter(10)
+    given = ActionLimiters("GetSegmentTask", own, account=account, qps=10.0, ceilings=_CEILINGS)
+    assert given.primary is own
+    assert given.items() == [
+        ("GetSegmentTask", own),
+        ("StartSegment", shared_limiter(account, "StartSegment", 60.0)),
+        ("StopSegment", shared_limiter(account, "StopSegment", 150.0)),
+    ]
+
+
+def test_a_limiter_that_offers_for_action_makes_the_others_and_overrides_win() -> None:
+    from rtc_segment._limiting import ActionLimiters
+
+    class Derivable:
+        qps = 60.0
+
+        def __init__(self) -> None:
+            self.made: list[tuple[str, float, LocalRateLimiter]] = []
+
+        async def acquire(self) -> None:
+            return None
+
+        def for_action(self, action: str, qps: float) -> LocalRateLimiter:
+            limiter = LocalRateLimiter(qps)
+            self.made.append((action, qps, limiter))
+            return limiter
+
+    primary = Derivable()
+    override = LocalRateLimiter(5)
+    limiters = ActionLimiters(
+        "GetSegmentTask",
+        primary,
+        account="AKLTderived",
+        qps=60.0,
+        ceilings=_CEILINGS,
+        overrides={"StopSegment": override},
+    )
+    assert [(action, qps) for action, qps, _ in primary.made] == [("StartSegment", 60.0)]
+    assert dict(limiters.items()) == {
+        "GetSegmentTask": primary,
+        "StartSegment": primary.made[0][2],
+        "StopSegment": override,
+    }
+    later = limiters.get("UpdateSegment", 150.0)
+    assert primary.made[-1] == ("UpdateSegment", 150.0, later)
+    assert limiters.get("UpdateSegment", 150.0) is later
+    assert len(primary.made) == 2
+
+
+def test_an_override_for_an_unknown_action_or_of_another_type_is_refused() -> None:
+    from rtc_segment._limiting import ActionLimiters
+
+    def make(overrides: dict[str, object]) -> None:
+        ActionLimiters(
+            "GetSegmentTask",
+            LocalRateLimiter(60),
+            account="AKLTrefused",
+            qps=60.0,
+            ceilings=_CEILINGS,
+            overrides=overrides,  # type: ignore[arg-type]
+        )
+
+    with pytest.raises(ValueError, match="unknown action") as unknown:
+        make({"Nope": LocalRateLimiter(1)})
+    assert str(unknown.value) == (
+        "action_limiters: unknown action 'Nope'; use one of GetSegmentTask, StartSegment, "
+        "StopSegment"
+    )
+    with pytest.raises(TypeError) as wrong:
+        make({"StartSegment": 60})
+    assert str(wrong.value) == "action_limiters['StartSegment'] must be a RateLimiter"
+
+
 # -- one quota per account per process ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("fresh_shared_limiters")
 def test_clients_of_one_account_share_each_actions_limiter() -> None:
     from rtc_segment import Credentials, SegmentClient
     from rtc_segment._limiting import shared_limiter
@@ -299,6 +702,7 @@ def test_clients_of_one_account_share_each_actions_limiter() -> None:
     assert SegmentClient(alice, limiter=own).limiter is own
 
 
+@pytest.mark.usefixtures("fresh_shared_limiters")
 def test_the_default_limiter_is_shared_by_the_host_and_says_so() -> None:
     from rtc_segment import Credentials, HostRateLimiter, SegmentClient
 
@@ -321,7 +725,7 @@ def test_the_default_limiter_is_shared_by_the_host_and_says_so() -> None:
 def test_without_a_usable_directory_the_default_paces_per_process_and_warns_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from rtc_segment import Credentials, SegmentClient, _limiting
+    from rtc_segment import Credentials, HostRateLimiter, SegmentClient, _limiting
     from rtc_segment._host import DIRECTORY_ENV
 
     blocker = tmp_path / "not-a-directory"
@@ -337,7 +741,16 @@ def test_without_a_usable_directory_the_default_paces_per_process_and_warns_once
     assert first.stats.limiter_scope == "process"
     warnings = [r for r in caplog.records if "pacing each process on its own" in r.getMessage()]
     assert len(warnings) == 1
-    assert "RedisRateLimiter" in warnings[0].getMessage()
+    # What the operator reads: why, what it costs, and the two ways out.
+    with pytest.raises(OSError, match="cannot create") as refused:
+        HostRateLimiter("probe", 60)
+    assert str(blocker) in str(refused.value)
+    assert warnings[0].getMessage() == (
+        "rtc_segment: cannot share the rate limit with the other processes on this host "
+        f"({refused.value}); pacing each process on its own, so N processes of one account "
+        "can together exceed its ceiling N times over. Set RTC_SEGMENT_LIMITER_DIR to a "
+        "private, writable directory, or give the clients a RedisRateLimiter."
+    )
     assert "secret" not in caplog.text
 
 

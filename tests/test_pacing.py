@@ -118,6 +118,8 @@ def test_the_send_log_keeps_times_ordered() -> None:
     log.record(1.0)
     log.record(0.5)
     assert log.wait(1.5, fixed(1.0)) == pytest.approx(0.5)
+    log.record(1.6)
+    assert log.wait(1.7, fixed(1.0)) == pytest.approx(0.3)  # the moved one counts at 1.0
 
 
 def test_a_send_log_never_lets_a_window_hold_more_than_its_limit() -> None:
@@ -150,6 +152,17 @@ def test_a_send_log_forgets_sends_older_than_its_horizon() -> None:
         log.record(i * 0.1)
     assert len(log) == 16  # the last 1.55 s: a huge limit holds no huge record
     assert log.wait(9.9, fixed(1.55)) == 0.0  # fewer than the limit in any window: no wait
+
+
+def test_a_send_log_forgets_by_when_the_newest_send_left_not_when_it_counts() -> None:
+    # A first send after a pause counts one interval later than it leaves. What the log
+    # forgets then must have no window left at the time it left: the send at 0.0 still
+    # makes a send at 1.49 wait for its 1.5 s window.
+    log = SendLog(2, horizon=1.5)
+    log.record(0.0)
+    log.record(1.52, sent=1.49)
+    assert len(log) == 2
+    assert log.wait(1.49, fixed(1.5)) == pytest.approx(0.01)
 
 
 def test_each_send_gets_the_window_its_own_round_trip_asks_for() -> None:

@@ -43,7 +43,7 @@ ROOT = HERE.parent.parent
 MODULES: dict[str, list[str]] = {
     "_signing": ["tests/test_signing.py", "tests/test_auth.py"],
     "_pacing": ["tests/test_pacing.py", "tests/test_limiting.py"],
-    "_limiting": ["tests/test_limiting.py"],
+    "_limiting": ["tests/test_limiting.py", "tests/test_backoff.py"],
     "_converter": ["tests/test_converter.py", "tests/test_models.py"],
     "_validation": ["tests/test_validation.py"],
     "_errors": ["tests/test_errors.py"],
