@@ -111,7 +111,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if DIRECTORY_ENV not in os.environ:
         limiter_directory = tempfile.mkdtemp(prefix="rtcs-limiter-")
         os.environ[DIRECTORY_ENV] = limiter_directory
-        config.add_cleanup(lambda: shutil.rmtree(limiter_directory, ignore_errors=True))
+
+        def forget_the_limiter_directory() -> None:
+            # Gone with the session, and no longer named: a later session in this process
+            # (mutmut runs several) makes a directory of its own instead of a missing one.
+            shutil.rmtree(limiter_directory, ignore_errors=True)
+            if os.environ.get(DIRECTORY_ENV) == limiter_directory:
+                del os.environ[DIRECTORY_ENV]
+
+        config.add_cleanup(forget_the_limiter_directory)
     if getattr(config.option, "redis_datadir", None) is None and not config.getini("redis_datadir"):
         directory = make_short_directory("rtcs-redis-")
         config.option.redis_datadir = str(directory)
