@@ -107,6 +107,13 @@ def _burn(seconds: float) -> None:
 _GO: contextvars.ContextVar[float] = contextvars.ContextVar("go")
 
 
+def _stamp_go(gone: array.array[float]) -> None:
+    """Note that the limiter let a request go now: in ``gone``, and for its exchange."""
+    now = time.monotonic()
+    gone.append(now)
+    _GO.set(now)
+
+
 class StampingLocalLimiter(LocalRateLimiter):
     """The process-only limiter (``LocalRateLimiter(60)``), noting when it lets each request go."""
 
@@ -116,9 +123,7 @@ class StampingLocalLimiter(LocalRateLimiter):
 
     async def acquire(self) -> None:
         await super().acquire()
-        now = time.monotonic()
-        self.gone.append(now)
-        _GO.set(now)
+        _stamp_go(self.gone)
 
 
 class StampingHostLimiter(HostRateLimiter):
@@ -131,9 +136,7 @@ class StampingHostLimiter(HostRateLimiter):
 
     async def acquire(self) -> None:
         await super().acquire()
-        now = time.monotonic()
-        self.gone.append(now)
-        _GO.set(now)
+        _stamp_go(self.gone)
 
 
 class StampingTransport(httpx.AsyncHTTPTransport):
