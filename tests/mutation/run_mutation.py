@@ -339,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             if hand_row is not None:
                 stale += mark_equivalents(hand_row, module, hand=True)
                 rows.append(hand_row)
+        # The table so far, after each module: a long run shows its rows as it goes (and
+        # an interrupted one keeps them in table.md).
+        print("\n" + table(rows), flush=True)
+        (arguments.workdir / "table.md").write_text(table(rows) + "\n", encoding="utf-8")
 
     for row in rows:
         unexplained = [s for s in row.survivors if s.reason is None]
