@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 import pytest
+import redis as redis_py
 from _redis_fake import REFUSED, CommandNamePool, FakeCluster, FakePool, FakeRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -194,15 +195,15 @@ async def test_for_action_keeps_the_timeouts_and_retry_settings() -> None:
     # after a failure, and the caller gives up after wait_for_redis.
     server = FakeRedis(hung=True)
     limiter, _ = limiter_on(
-        server, qps=60, redis_timeout=0.0625, retry_interval=0.25, wait_for_redis=0.5
+        server, qps=60, redis_timeout=0.0625, retry_interval=0.15625, wait_for_redis=0.5
     )
     other = limiter.for_action("StopSegment", 30)
     started = now()
     with pytest.raises(RateLimiterUnavailableError, match=r"wait_for_redis=0\.5 s"):
         await other.acquire()
     assert close_to(now() - started, 0.5625)
-    assert [round(t - started, 6) for t in server.attempts] == [0.0, 0.3125]
-    assert other.stats.failures == 2
+    assert [round(t - started, 6) for t in server.attempts] == [0.0, 0.21875, 0.4375]
+    assert other.stats.failures == 3
 
 
 def test_helpers() -> None:
@@ -230,7 +231,7 @@ def test_the_connection_checkout_names_a_command_only_where_one_is_required() ->
     assert _redis._checkout_args(FakePool(server)) == ()
 
 
-@pytest.mark.parametrize("client", [object(), None])
+@pytest.mark.parametrize("client", [redis_py.Redis(), object(), None])
 def test_a_client_without_a_connection_pool_is_refused_by_name(client: object) -> None:
     message = (
         "redis must be a redis.asyncio.Redis client (with a connection pool; "
@@ -752,3 +753,79 @@ async def test_a_waiter_whose_wait_is_over_only_yields() -> None:
     await limiter._await_outage_news(0.0)
     await limiter._await_outage_news(-0.5)
     assert now() == started
+
+
+def test_the_default_ceiling_is_60_qps() -> None:
+    limiter = RedisRateLimiter(Redis(connection_pool=FakePool(FakeRedis())), key="k")
+    assert "qps=60.0," in repr(limiter)
+
+
+@pytest.mark.looptime
+async def test_by_default_a_caller_waits_10_s_for_redis_probing_it_every_quarter_second() -> None:
+    server = FakeRedis(down=True)
+    limiter = RedisRateLimiter(Redis(connection_pool=FakePool(server)), key="k")
+    started = now()
+    with pytest.raises(RateLimiterUnavailableError, match=r"within wait_for_redis=10 s"):
+        await limiter.acquire()
+    assert now() - started == 10.0
+    probes = [0.25 * n for n in range(41)]  # 0, 0.25, ..., 10.0 (each retried once at once)
+    assert [round(t - started, 6) for t in server.attempts] == [t for t in probes for _ in "ab"]
+    assert limiter.stats.failures == 41
+
+
+@pytest.mark.looptime
+async def test_by_default_a_redis_call_times_out_after_a_second() -> None:
+    server = FakeRedis(hung=True)
+    limiter = RedisRateLimiter(Redis(connection_pool=FakePool(server)), key="k", wait_for_redis=0)
+    started = now()
+    with pytest.raises(RateLimiterUnavailableError, match=r"\(timed out\)"):
+        await limiter.acquire()
+    assert now() - started == 1.0
+
+
+@pytest.mark.looptime
+async def test_callers_queued_for_a_reservation_do_not_go_to_redis_once_it_failed() -> None:
+    server = FakeRedis(down=True)
+    # One reservation at a time: two callers queue behind the first, which fails.
+    limiter, _ = limiter_on(server, qps=100, max_pending=1, wait_for_redis=0)
+    results = await asyncio.gather(*(limiter.acquire() for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(result, RateLimiterUnavailableError) for result in results)
+    assert len(server.attempts) == 2  # the first caller's try and its one retry
+    assert limiter.stats.failures == 1
+
+
+@pytest.mark.looptime
+async def test_a_round_trip_is_its_sends_if_it_started_within_a_microsecond_after_it() -> None:
+    server = FakeRedis()
+    limiter, _ = limiter_on(server, qps=100)
+    went = await timed_acquire(limiter)
+    await asyncio.sleep(0.03)
+    answered = now()
+
+    def round_trip_starting(edge: float) -> float:
+        """The round trip (seconds) for which the limiter computes ``started + 1e-6`` as
+        exactly ``edge`` (or the nearest above it)."""
+        seconds = answered - (edge - 1e-6)
+        for _ in range(64):
+            computed = (answered - seconds) + 1e-6
+            if computed == edge:
+                break
+            seconds = math.nextafter(seconds, math.inf if computed > edge else -math.inf)
+        return seconds
+
+    # Started a microsecond (a tick of the clock) before it went: another request's.
+    early = round_trip_starting(went)
+    while (answered - early) + 1e-6 >= went:
+        early = math.nextafter(early, math.inf)
+    limiter.observe_round_trip(early)
+    await limiter.acquire()
+    assert len(server.reservations[-1].reports) == 1  # the send's own report only
+    # Started exactly then: this send's (a round trip from its turn, a tick before).
+    went = now()
+    await asyncio.sleep(0.03)
+    answered = now()
+    seconds = round_trip_starting(went)
+    assert (answered - seconds) + 1e-6 == went
+    limiter.observe_round_trip(seconds)
+    await limiter.acquire()
+    assert len(server.reservations[-1].reports) == 2
