@@ -822,10 +822,11 @@ async def test_a_round_trip_is_its_sends_if_it_started_within_a_microsecond_afte
     assert len(server.reservations[-1].reports) == 1  # the send's own report only
     # Started exactly then: this send's (a round trip from its turn, a tick before).
     went = now()
+    slot = server.reservations[-1].slot
     await asyncio.sleep(0.03)
     answered = now()
     seconds = round_trip_starting(went)
     assert (answered - seconds) + 1e-6 == went
     limiter.observe_round_trip(seconds)
     await limiter.acquire()
-    assert len(server.reservations[-1].reports) == 2
+    assert [reported for reported, _ in server.reservations[-1].reports] == [slot, slot]
