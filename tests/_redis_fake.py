@@ -239,6 +239,9 @@ class FakeCluster(RedisCluster):
     @classmethod
     def of(cls, server: FakeRedis) -> FakeCluster:
         cluster = cls.__new__(cls)  # no nodes to discover
+        # "Not initialised yet": no "unclosed client" warning when it is collected (redis-py
+        # versions differ on whether its __del__ checks that the attribute exists).
+        cluster._initialize = True
         cluster.server = server
         return cluster
 
