@@ -49,7 +49,7 @@ MODULES: dict[str, list[str]] = {
     "_errors": ["tests/test_errors.py"],
     "_wire": ["tests/test_wire.py", "tests/test_transports.py"],
     "_caller": ["tests/test_caller.py"],
-    "_redis": ["tests/test_redis.py"],
+    "_redis": ["tests/test_redis_virtual.py"],
 }
 # Modules whose functions run at import time (the converter compiles its hooks then). mutmut
 # runs each mutant in a fork of a process that imported the module already, so a mutant of
