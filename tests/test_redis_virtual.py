@@ -27,6 +27,7 @@ import pytest
 import redis as redis_py
 from _redis_fake import REFUSED, CommandNamePool, FakeCluster, FakePool, FakeRedis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtc_segment import _redis
@@ -830,3 +831,98 @@ async def test_a_round_trip_is_its_sends_if_it_started_within_a_microsecond_afte
     limiter.observe_round_trip(seconds)
     await limiter.acquire()
     assert [reported for reported, _ in server.reservations[-1].reports] == [slot, slot]
+
+
+# --- a cluster client breaking under reservations (redis-py closes its connections for a
+# topology refresh; tests/test_redis_cluster.py does it to a real cluster) ----------------------------------
+
+NOW_US = 1_700_000_000_000_000
+
+
+def redis_frame_error(kind: type[Exception], message: str) -> Exception:
+    """An exception raised by code of redis-py's (a function of a ``redis.*`` module)."""
+    scope: dict[str, Any] = {"__name__": "redis.asyncio.connection", "kind": kind}
+    exec("def send(message):\n    raise kind(message)\n", scope)
+    try:
+        scope["send"](message)
+    except kind as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+class ScriptedCluster:
+    """Stands in for a cluster client's ``evalsha``: answers slots a millisecond apart on a
+    fake server clock, failing as told, and notes how many calls overlapped."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.first_may_answer = asyncio.Event()
+        self.first_may_answer.set()
+        self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.slot = NOW_US
+
+    async def evalsha(self, *args: object) -> list[int]:
+        self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.calls == 1:
+                await self.first_may_answer.wait()
+            await asyncio.sleep(0.001)
+            if self.failures:
+                raise self.failures.pop(0)
+            self.slot += 1000
+            return [self.slot, self.slot]
+        finally:
+            self.in_flight -= 1
+
+
+def scripted_limiter(failures: list[Exception]) -> tuple[RedisRateLimiter, ScriptedCluster]:
+    cluster = RedisCluster(host="127.0.0.1", port=1)  # never connects: evalsha is replaced
+    scripted = ScriptedCluster(failures)
+    cluster.evalsha = scripted.evalsha  # type: ignore[method-assign]
+    return RedisRateLimiter(cluster, key="{scripted}:GetSegmentTask", qps=1000.0), scripted
+
+
+@pytest.mark.looptime
+async def test_the_first_reservation_on_a_cluster_goes_alone() -> None:
+    limiter, scripted = scripted_limiter([])
+    scripted.first_may_answer.clear()
+    callers = asyncio.gather(*(limiter.acquire() for _ in range(10)))
+    for _ in range(20):  # every caller has had its turn to run meanwhile
+        await asyncio.sleep(0)
+    assert (scripted.calls, scripted.in_flight) == (1, 1)  # the others wait for it
+    scripted.first_may_answer.set()
+    await callers
+    assert scripted.calls == 10
+    # After it, reservations overlap again (up to max_pending).
+    assert scripted.most_in_flight > 1
+
+
+@pytest.mark.looptime
+async def test_redis_py_breaking_under_a_reservation_is_a_lost_connection() -> None:
+    broken = redis_frame_error(AttributeError, "'NoneType' object has no attribute 'writelines'")
+    limiter, scripted = scripted_limiter([broken])
+    await limiter.acquire()  # retried at once, on the client's next connection
+    assert scripted.calls == 2
+    assert limiter.stats.failures == 0
+    # Twice in a row: an outage, which the caller waits out (here: the third call works).
+    twice = [redis_frame_error(TypeError, "'NoneType' object is not callable") for _ in range(2)]
+    limiter, scripted = scripted_limiter(twice)
+    await limiter.acquire()
+    assert (scripted.calls, limiter.stats.failures) == (3, 1)
+
+
+@pytest.mark.looptime
+async def test_an_attribute_error_of_our_own_is_not_taken_for_redis() -> None:
+    ours = AttributeError("a bug of ours")  # raised here, in the test's own frame
+    try:
+        raise ours
+    except AttributeError as exc:
+        ours = exc
+    limiter, scripted = scripted_limiter([ours])
+    with pytest.raises(AttributeError, match="a bug of ours"):
+        await limiter.acquire()
+    assert scripted.calls == 1
