@@ -434,6 +434,7 @@ async def test_stats_show_the_limiters_rate_only_when_it_is_a_number(
         stats = client.stats
     assert stats.limiter_rate == shown
     assert stats.limiter_rate is None or type(stats.limiter_rate) is float
+    assert stats.limiter_scope == ("process" if rate is not None else None)
 
 
 # -- attempts, retries and what a failed call says ----------------------------------------------
@@ -893,6 +894,10 @@ def signed_with(request: httpx.Request) -> str:
     [
         ({"AKLTkeyA"}, "ExpiredToken", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # cured
         ({"AKLTkeyA"}, "InvalidSecurityToken", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # cured
+        ({"AKLTkeyA"}, "InvalidAccessKey", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # cured
+        ({"AKLTkeyA"}, "InvalidClientTokenId", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # cured
+        ({"AKLTkeyA"}, "InvalidCredential", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # cured
+        ({"AKLTkeyA"}, "SignatureDoesNotMatch", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # cured
         ({"AKLTkeyA", "AKLTkeyB"}, "ExpiredToken", ["AKLTkeyA", "AKLTkeyB"], [KEY_A]),  # once
         ({"AKLTkeyA"}, "AccessDenied", ["AKLTkeyA"], []),  # new keys cannot cure it
     ],
