@@ -1047,3 +1047,29 @@ async def test_a_limiter_without_feedback_hooks_is_not_told_anything() -> None:
         None,
         None,
     )
+
+
+@pytest.mark.timeout(60)
+async def test_an_exchange_left_behind_on_a_silent_server_ends_within_the_timeout() -> None:
+    # In real time, over loopback: a server that accepts and never answers. The call gives
+    # up at its timeout; the exchange it leaves behind is bounded by the same timeout
+    # (httpx's own), so it ends too and gives back its connection slot.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()  # until the client goes
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with mocked_client(
+            endpoint=f"http://127.0.0.1:{port}", timeout=0.5, max_retries=0
+        ) as client:
+            with pytest.raises(ClientTimeoutError):
+                await client.get_segment_task(*KEY)
+            await asyncio.wait_for(client._caller.exchanges_settled(), timeout=10.0)
+            assert client.stats.in_flight == 0
+    finally:
+        server.close()
+        await server.wait_closed()
