@@ -791,6 +791,7 @@ async def test_requests_on_the_wire_are_counted_in_flight() -> None:
         calls = [asyncio.create_task(client.get_segment_task(*KEY)) for _ in range(3)]
         await asyncio.sleep(0.5)
         assert client.stats.in_flight == 3
+        assert client.stats.waiting_for_limiter == 0  # on the wire, not waiting
         await asyncio.gather(*calls)
         assert client.stats.in_flight == 0
 
