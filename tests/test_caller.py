@@ -39,6 +39,7 @@ from rtc_segment import (
     TaskOutcome,
     TransportError,
     __version__,
+    set_call_hooks,
 )
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
@@ -66,7 +67,7 @@ async def test_a_deadline_spent_queued_for_the_limiter_sends_nothing() -> None:
     assert len(late) == 1
     error = late[0]
     assert isinstance(error, TimeoutError)
-    assert error.attempts == 0 and not error.ambiguous
+    assert error.attempts == 0 and error.ambiguous is False
     assert error.queued == pytest.approx(1.2, abs=0.01)
     assert "queued for the limiter" in str(error)
     assert emulator.count() == 2  # the third was never sent
@@ -649,6 +650,8 @@ async def test_hooks_are_told_the_server_and_port_requests_go_to(
             with CallRecorder() as recorded:
                 await client.call("GetRoomInfo", "2023-11-01", qps=10.0)
     assert recorded.started == [CallDetails("GetRoomInfo", None, False, address, port)]
+    # No wait at this limiter: the turn came at once (one-sided, in real time).
+    assert len(recorded.limiter_waits) == 1 and 0.0 <= recorded.limiter_waits[0] < 5.0
 
 
 async def test_a_closed_client_says_so_and_sends_nothing(mock: respx.MockRouter) -> None:
@@ -1074,3 +1077,35 @@ async def test_an_exchange_left_behind_on_a_silent_server_ends_within_the_timeou
     finally:
         server.close()
         await server.wait_closed()
+
+
+class StallingHook:
+    """A hook that blocks the loop when told of the limiter wait (a slow exporter, say)."""
+
+    def on_call(self, call: CallDetails) -> StallingHook:
+        return self
+
+    def on_run(self, run: Any) -> None:
+        return None
+
+    def on_limiter_wait(self, seconds: float) -> None:
+        time.sleep(0.05)
+
+    def on_retry(self, retry: Any) -> None:
+        return None
+
+    def on_end(self, result: Any) -> None:
+        return None
+
+
+async def test_a_turn_that_comes_as_the_deadline_runs_out_sends_nothing(
+    mock: respx.MockRouter,
+) -> None:
+    # In real time: the 0.05 s the hook blocks can only be longer on a busy machine.
+    route = mock.get("/").mock(side_effect=always(200))
+    set_call_hooks([StallingHook()])
+    async with mocked_client() as client:
+        with pytest.raises(DeadlineExceededError) as caught:
+            await client.call("GetRoomInfo", "2023-11-01", qps=10.0, deadline=0.01)
+    assert (caught.value.attempts, caught.value.ambiguous) == (0, False)
+    assert route.call_count == 0
