@@ -1109,3 +1109,12 @@ async def test_a_turn_that_comes_as_the_deadline_runs_out_sends_nothing(
             await client.call("GetRoomInfo", "2023-11-01", qps=10.0, deadline=0.01)
     assert (caught.value.attempts, caught.value.ambiguous) == (0, False)
     assert route.call_count == 0
+
+
+@pytest.mark.looptime
+async def test_a_post_is_signed_over_its_body() -> None:
+    emulator = Emulator(qps=None)  # it verifies every signature, the body's hash included
+    emulator.add_task(*KEY)
+    async with client_on(emulator, limiter=DerivingLimiter(), max_retries=0) as client:
+        await client.stop_segment(*KEY)
+    assert [(r.action, r.http_status) for r in emulator.requests] == [("StopSegment", 200)]
