@@ -33,6 +33,7 @@ from rtc_segment import (
     DeadlineExceededError,
     InvalidParameterError,
     LocalRateLimiter,
+    ResponseFormatError,
     SegmentClient,
     ServerError,
     TaskNotFoundError,
@@ -41,6 +42,7 @@ from rtc_segment import (
     __version__,
     set_call_hooks,
 )
+from rtc_segment._wire import MAX_RESPONSE_BYTES
 from rtc_segment.testing import DEFAULT_CREDENTIALS, Emulator, Fault
 
 KEY = ("app", "room", "task")
@@ -1118,3 +1120,12 @@ async def test_a_post_is_signed_over_its_body() -> None:
     async with client_on(emulator, limiter=DerivingLimiter(), max_retries=0) as client:
         await client.stop_segment(*KEY)
     assert [(r.action, r.http_status) for r in emulator.requests] == [("StopSegment", 200)]
+
+
+async def test_an_oversized_answer_names_the_call(mock: respx.MockRouter) -> None:
+    oversized = b"{" + b" " * MAX_RESPONSE_BYTES + b"}"
+    mock.get("/").mock(side_effect=lambda request: httpx.Response(200, content=oversized))
+    async with mocked_client(max_retries=0) as client:
+        with pytest.raises(ResponseFormatError, match="limit") as caught:
+            await client.get_segment_task(*KEY)
+    assert (caught.value.action, caught.value.key) == ("GetSegmentTask", KEY)
