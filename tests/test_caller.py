@@ -1129,3 +1129,17 @@ async def test_an_oversized_answer_names_the_call(mock: respx.MockRouter) -> Non
         with pytest.raises(ResponseFormatError, match="limit") as caught:
             await client.get_segment_task(*KEY)
     assert (caught.value.action, caught.value.key) == ("GetSegmentTask", KEY)
+
+
+@pytest.mark.looptime
+@pytest.mark.timeout(30)
+async def test_a_deadline_that_cuts_a_retry_short_says_why_the_first_attempt_failed(
+    mock: respx.MockRouter,
+) -> None:
+    mock.get("/").mock(side_effect=[answer(503), _hang])
+    async with mocked_client(timeout=10.0) as client:
+        with pytest.raises(DeadlineExceededError) as caught:
+            await client.get_segment_task(*KEY, deadline=2.0)
+    error = caught.value
+    assert isinstance(error.last_error, ServerError)
+    assert (error.attempts, error.ambiguous) == (2, True)
