@@ -48,7 +48,7 @@ MODULES: dict[str, list[str]] = {
     "_validation": ["tests/test_validation.py"],
     "_errors": ["tests/test_errors.py"],
     "_wire": ["tests/test_wire.py", "tests/test_transports.py"],
-    "_caller": ["tests/test_caller.py"],
+    "_caller": ["tests/test_caller.py", "tests/test_client.py", "tests/test_instrumentation.py"],
     "_redis": ["tests/test_redis_virtual.py"],
 }
 # Modules whose functions run at import time (the converter compiles its hooks then). mutmut
