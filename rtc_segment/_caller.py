@@ -496,10 +496,10 @@ class Caller:
             # Signed after the wait, so X-Date is fresh on every attempt; the credentials
             # too, if a refresh landed meanwhile.
             credentials = self._credentials.current() or credentials
+            # (Every action of the API is at the root: the signer's default path, "/".)
             signed = self._signer.sign(
                 method=action.method,
                 host=self._host,
-                path="/",
                 query=query,
                 body=body,
                 content_type="application/json" if action.method != "GET" else None,

@@ -1010,17 +1010,70 @@ async def test_a_call_waits_for_credentials_within_its_deadline(mock: respx.Mock
     assert route.call_count == 2
 
 
+@pytest.mark.parametrize("deadline", [30.0, 0.5])
 async def test_a_provider_that_times_out_on_its_own_is_not_a_deadline(
-    mock: respx.MockRouter,
+    mock: respx.MockRouter, deadline: float
 ) -> None:
+    # (However little of the deadline is left, as long as some is.)
     class TimingOut(ScriptedProvider):
         async def load(self, *, timeout: float | None = None) -> Credentials:
             raise TimeoutError("the STS did not answer")
 
     async with mocked_client(credentials=TimingOut(KEY_A, fresh=False)) as client:
         with pytest.raises(TimeoutError, match="STS") as caught:
-            await client.call("GetRoomInfo", "2023-11-01", qps=10.0, deadline=30.0)
+            await client.call("GetRoomInfo", "2023-11-01", qps=10.0, deadline=deadline)
     assert not isinstance(caught.value, DeadlineExceededError)
+
+
+async def test_usable_credentials_are_never_fetched_again(mock: respx.MockRouter) -> None:
+    mock.get("/").mock(side_effect=always(200))
+    provider = ScriptedProvider(KEY_A)
+    async with mocked_client(credentials=provider) as client:
+        for _ in range(3):
+            await client.call("GetRoomInfo", "2023-11-01", qps=10.0)
+    assert provider.load_timeouts == []  # current() had them: no load, no STS request
+
+
+async def test_a_key_that_lapses_during_the_limiter_wait_still_signs_its_request(
+    mock: respx.MockRouter,
+) -> None:
+    # The key read before the turn is the one to sign with if the provider has none after
+    # it (a refresh failed meanwhile): never a request signed with nothing.
+    class Lapsing(ScriptedProvider):
+        def current(self) -> Credentials | None:
+            self.currents += 1
+            return self.keys[0] if self.currents % 2 else None  # before the turn only
+
+    seen: list[str] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        seen.append(signed_with(request))
+        return answer(200)
+
+    mock.get("/").mock(side_effect=serve)
+    async with mocked_client(credentials=Lapsing(KEY_A)) as client:
+        await client.call("GetRoomInfo", "2023-11-01", qps=10.0)
+    assert seen == ["AKLTkeyA"]
+
+
+async def test_an_answer_without_the_task_names_the_call_and_counts_no_success(
+    mock: respx.MockRouter,
+) -> None:
+    mock.get("/").mock(side_effect=lambda request: answer(200, result={"Other": 1}))
+    async with mocked_client() as client:
+        with pytest.raises(TaskNotFoundError) as caught:
+            await client.get_segment_task(*KEY)
+        assert client.stats.succeeded == 0
+    assert (caught.value.action, caught.value.key) == ("GetSegmentTask", KEY)
+    assert caught.value.attempts == 1
+
+
+async def test_every_success_is_counted(mock: respx.MockRouter) -> None:
+    mock.get("/").mock(side_effect=always(200))
+    async with mocked_client() as client:
+        for _ in range(3):
+            await client.call("GetRoomInfo", "2023-11-01", qps=10.0)
+        assert client.stats.succeeded == 3
 
 
 async def test_a_fixed_key_is_the_signers_own_and_a_providers_keys_are_not() -> None:
