@@ -6,9 +6,10 @@ Worker processes share one Redis key; each fetches its part of the keys through 
 SegmentClient (32 callers, ``max_retries=0``). Printed per scenario and run: processes,
 keys, keys lost (any error), throttled requests, the most arrivals in any sliding second,
 and utilisation (arrivals per second between the first and last arrival, over the
-ceiling), the longest pause between arrivals and the utilisation outside it (the
-failover's outage is no pacing). The local limiter, one process on the same server, is
-the baseline.
+ceiling). A failover also prints how long no master existed (from the kill until Sentinel
+named the new one: no limiter can pace through that), how long after that the first
+request arrived (the limiter's own part of the pause), and the utilisation while a master
+existed. The local limiter, one process on the same server, is the baseline.
 
 Scenarios:
   loopback   Redis on loopback                            (--processes, default 3)
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import multiprocessing
 import random
 import shutil
@@ -86,17 +86,16 @@ def _serve(conn: Connection, qps: float, jitter: float) -> None:
                     emulator.reset_record()
                     conn.send(None)
                 elif command == "stats":
-                    arrivals = sorted(record.arrival for record in emulator.requests)
+                    # Arrivals on the host's monotonic clock, which the benchmark's own
+                    # process shares (the failover's kill and promotion are stamped on it).
+                    shift = time.monotonic() - emulator.clock()
                     conn.send(
                         {
-                            "requests": len(arrivals),
+                            "arrivals": sorted(
+                                record.arrival + shift for record in emulator.requests
+                            ),
                             "throttled": emulator.throttled_count,
                             "max_1s": emulator.max_in_window(1.0),
-                            "span": arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0,
-                            "gap": max(
-                                (b - a for a, b in itertools.pairwise(arrivals)),
-                                default=0.0,
-                            ),
                         }
                     )
 
@@ -174,7 +173,9 @@ class Deployment:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.kind = "redis"
         self.port = 0
-        self.replica = 0
+        self.doomed = 0  # the failover's master, killed during the run
+        self.killed_at = 0.0  # when it was killed (time.monotonic())
+        self.promoted_at = 0.0  # when Sentinel first named the new master
 
     def server(self, port: int, *args: str, config: str | None = None) -> None:
         command = ["redis-server"]
@@ -190,6 +191,27 @@ class Deployment:
     def kill(self, port: int) -> None:
         self.processes[port].kill()
         self.processes[port].wait()
+
+    def fail_over(self) -> None:
+        """Kill the master, then stamp when Sentinel names another one.
+
+        Until then no client can reach a master: that time is the deployment's outage,
+        which no limiter can pace through; the rest of the pause is the limiter's.
+        """
+        from redis import Redis
+
+        sentinel = Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0)
+        self.killed_at = time.monotonic()
+        self.kill(self.doomed)
+        try:
+            while True:
+                address: Any = sentinel.sentinel_get_master_addr_by_name(SERVICE)
+                if address and int(address[1]) != self.doomed:
+                    self.promoted_at = time.monotonic()
+                    return
+                time.sleep(0.005)
+        finally:
+            sentinel.close()
 
     def close(self) -> None:
         for process in self.processes.values():
@@ -282,7 +304,7 @@ def deployment(scenario: str) -> Iterator[Deployment]:
                 )
                 while "slaves=1" not in _cli(sentinel, "info", "sentinel"):
                     time.sleep(0.1)
-                setup.kind, setup.port, setup.replica = "sentinel", sentinel, master
+                setup.kind, setup.port, setup.doomed = "sentinel", sentinel, master
             elif scenario != "local":
                 port = _free_port()
                 setup.server(port)
@@ -395,8 +417,11 @@ def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
         try:
             start.wait(120)
             if scenario == "failover":
-                threading.Timer(4.0, setup.kill, (setup.replica,)).start()
+                watcher = threading.Timer(4.0, setup.fail_over)
+                watcher.start()
             reports = [out.get(timeout=600) for _ in workers]
+            if scenario == "failover":
+                watcher.join(60)
             for process in workers:
                 process.join(30)
         finally:
@@ -404,7 +429,9 @@ def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
                 process.terminate()
                 process.join(10)
         stats = service.call("stats")
-    requests = stats["requests"]
+    arrivals: list[float] = stats["arrivals"]
+    requests = len(arrivals)
+    span = arrivals[-1] - arrivals[0] if requests > 1 else 0.0
     for report in reports:
         for error in sorted(set(report["errors"])):
             print(f"  {scenario}: lost key: {error}", file=sys.stderr)
@@ -415,12 +442,25 @@ def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
         "lost": sum(report["lost"] for report in reports),
         "throttled": stats["throttled"],
         "max_1s": stats["max_1s"],
-        "utilization": (requests - 1) / stats["span"] / qps if stats["span"] else 0.0,
-        # The failover's pause is the outage, not the limiter: utilisation outside it.
-        "gap": stats["gap"],
-        "outside_gap": (requests - 2) / (stats["span"] - stats["gap"]) / qps
-        if stats["span"] > stats["gap"]
-        else 0.0,
+        "utilization": (requests - 1) / span / qps if span else 0.0,
+        **_outage(arrivals, setup.killed_at, setup.promoted_at, qps),
+    }
+
+
+def _outage(
+    arrivals: list[float], killed_at: float, promoted_at: float, qps: float
+) -> dict[str, Any]:
+    """A failover's figures: how long no master existed, how long after Sentinel named
+    the new one the first request arrived, and the utilisation while a master existed
+    (the run's span less the master-less time). Zeros for the other scenarios."""
+    if not promoted_at or len(arrivals) < 2:
+        return {"no_master": 0.0, "resumed_after": 0.0, "with_master": 0.0}
+    no_master = promoted_at - killed_at
+    first_after = next((t for t in arrivals if t >= promoted_at), arrivals[-1])
+    return {
+        "no_master": no_master,
+        "resumed_after": first_after - promoted_at,
+        "with_master": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0] - no_master) / qps,
     }
 
 
@@ -451,7 +491,8 @@ def main() -> None:
     )
     header = (
         f"{'scenario':<9} {'procs':>5} {'keys':>5} {'lost':>5} {'throttled':>9} "
-        f"{'max/1s':>6} {'util':>6} {'gap s':>6} {'util outside gap':>16}"
+        f"{'max/1s':>6} {'util':>6} {'no master s':>11} {'resumed after s':>15} "
+        f"{'util with a master':>18}"
     )
     print(header)
     print("-" * len(header))
@@ -459,10 +500,16 @@ def main() -> None:
         for processes in [1] if scenario == "local" else args.processes:
             for _ in range(runs):
                 row = run(scenario, processes, keys, args.qps)
+                failover = (
+                    f" {row['no_master']:>11.2f} {row['resumed_after']:>15.3f} "
+                    f"{row['with_master']:>18.3f}"
+                    if row["no_master"]
+                    else f" {'-':>11} {'-':>15} {'-':>18}"
+                )
                 print(
                     f"{row['scenario']:<9} {row['processes']:>5} {row['keys']:>5} "
                     f"{row['lost']:>5} {row['throttled']:>9} {row['max_1s']:>6} "
-                    f"{row['utilization']:>6.3f} {row['gap']:>6.2f} {row['outside_gap']:>16.3f}",
+                    f"{row['utilization']:>6.3f}{failover}",
                     flush=True,
                 )
 
