@@ -7,9 +7,11 @@ SegmentClient (32 callers, ``max_retries=0``). Printed per scenario and run: pro
 keys, keys lost (any error), throttled requests, the most arrivals in any sliding second,
 and utilisation (arrivals per second between the first and last arrival, over the
 ceiling). A failover also prints how long no master existed (from the kill until Sentinel
-named the new one: no limiter can pace through that), how long after that the first
-request arrived (the limiter's own part of the pause), and the utilisation while a master
-existed. The local limiter, one process on the same server, is the baseline.
+named the new one), how much of that the service stood idle ("stranded": from the last
+send of a slot handed out before the kill until the promotion, which no limiter can pace
+through), how long after the promotion the first request arrived (the limiter's own part
+of the pause), and the utilisation less the stranded time. The local limiter, one process
+on the same server, is the baseline.
 
 Scenarios:
   loopback   Redis on loopback                            (--processes, default 3)
@@ -450,17 +452,25 @@ def run(scenario: str, processes: int, keys: int, qps: float) -> dict[str, Any]:
 def _outage(
     arrivals: list[float], killed_at: float, promoted_at: float, qps: float
 ) -> dict[str, Any]:
-    """A failover's figures: how long no master existed, how long after Sentinel named
-    the new one the first request arrived, and the utilisation while a master existed
-    (the run's span less the master-less time). Zeros for the other scenarios."""
+    """A failover's figures (zeros for the other scenarios).
+
+    ``no_master``: from the kill until Sentinel named the new master. Slots handed out
+    before the kill are still sent after it, so the service idles only from the last of
+    those (``stranded``: that arrival until the promotion, time in which no limiter could
+    send anything) -- plus however long after the promotion the limiter takes to send
+    again (``resumed_after``: the limiter's own part). ``usable``: utilisation over the
+    run less the stranded time.
+    """
     if not promoted_at or len(arrivals) < 2:
-        return {"no_master": 0.0, "resumed_after": 0.0, "with_master": 0.0}
-    no_master = promoted_at - killed_at
-    first_after = next((t for t in arrivals if t >= promoted_at), arrivals[-1])
+        return {"no_master": 0.0, "stranded": 0.0, "resumed_after": 0.0, "usable": 0.0}
+    last_before = max((t for t in arrivals if t < promoted_at), default=arrivals[0])
+    first_after = min((t for t in arrivals if t >= promoted_at), default=arrivals[-1])
+    stranded = promoted_at - last_before
     return {
-        "no_master": no_master,
+        "no_master": promoted_at - killed_at,
+        "stranded": stranded,
         "resumed_after": first_after - promoted_at,
-        "with_master": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0] - no_master) / qps,
+        "usable": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0] - stranded) / qps,
     }
 
 
@@ -491,8 +501,8 @@ def main() -> None:
     )
     header = (
         f"{'scenario':<9} {'procs':>5} {'keys':>5} {'lost':>5} {'throttled':>9} "
-        f"{'max/1s':>6} {'util':>6} {'no master s':>11} {'resumed after s':>15} "
-        f"{'util with a master':>18}"
+        f"{'max/1s':>6} {'util':>6} {'no master s':>11} {'stranded s':>10} "
+        f"{'resumed after s':>15} {'util less stranded':>18}"
     )
     print(header)
     print("-" * len(header))
@@ -501,10 +511,10 @@ def main() -> None:
             for _ in range(runs):
                 row = run(scenario, processes, keys, args.qps)
                 failover = (
-                    f" {row['no_master']:>11.2f} {row['resumed_after']:>15.3f} "
-                    f"{row['with_master']:>18.3f}"
+                    f" {row['no_master']:>11.2f} {row['stranded']:>10.2f} "
+                    f"{row['resumed_after']:>15.3f} {row['usable']:>18.3f}"
                     if row["no_master"]
-                    else f" {'-':>11} {'-':>15} {'-':>18}"
+                    else f" {'-':>11} {'-':>10} {'-':>15} {'-':>18}"
                 )
                 print(
                     f"{row['scenario']:<9} {row['processes']:>5} {row['keys']:>5} "
